@@ -1,0 +1,148 @@
+"""The one training loop shared by every setting (supervised and RL).
+
+A setting supplies a :class:`Trainable`: one meta-iteration at a time, plus its state as
+tensors and JSON metadata. The loop owns everything around it: the progress bar, metrics,
+periodic and final checkpoints, resuming, and the refusal of non-finite updates.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from rlmaml.runs.checkpoint import latest_checkpoint, save_checkpoint
+from rlmaml.runs.metrics import MetricsLogger
+from rlmaml.runs.rundir import RunDir
+
+
+class NonFiniteUpdate(RuntimeError):
+    """A meta-iteration produced a non-finite loss or gradient; its update was not applied."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive meta-iterations were refused as non-finite."""
+
+
+class Trainable(Protocol):
+    """What a setting gives the loop."""
+
+    def train_iteration(self, iteration: int) -> dict[str, float]:
+        """Run meta-iteration ``iteration``; return scalar metrics; raise NonFiniteUpdate."""
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """Everything needed to resume exactly: (tensors, JSON-able metadata)."""
+
+    def load_state(self, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned."""
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How long to train and how often to log and checkpoint."""
+
+    iterations: int
+    log_every: int = 1
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 3
+    max_refused: int = 10
+    progress: bool = True
+    progress_keys: tuple[str, ...] = ()
+
+
+def ensure_finite(loss: Tensor, tensors: Iterable[Tensor]) -> None:
+    """Raise :class:`NonFiniteUpdate` if ``loss`` or any ``.grad`` of ``tensors`` is not finite.
+
+    One fused check, one device synchronisation; call it between ``backward`` and ``step``.
+    """
+    values = [loss.detach().reshape(-1)] + [
+        t.grad.reshape(-1) for t in tensors if t.grad is not None
+    ]
+    if not bool(torch.isfinite(torch.cat(values)).all()):
+        raise NonFiniteUpdate(f"non-finite loss or gradient (loss = {loss.detach().mean().item()})")
+
+
+def run_training(trainable: Trainable, run: RunDir, settings: LoopSettings, resume: bool) -> int:
+    """Train ``trainable`` up to ``settings.iterations``; returns the last completed iteration.
+
+    With ``resume`` the newest complete checkpoint in the run folder is loaded first and the
+    metrics written after it are dropped, so a resumed run reads as one that never stopped.
+    A checkpoint is written every ``checkpoint_every`` iterations, at the end, and when the run
+    is interrupted (Ctrl-C), always of the last good state.
+    """
+    start, wall_offset = 0, 0.0
+    if resume:
+        checkpoint = latest_checkpoint(run.checkpoints)
+        if checkpoint is None:
+            raise FileNotFoundError(f"--resume: no complete checkpoint in {run.checkpoints}")
+        trainable.load_state(checkpoint.tensors, checkpoint.metadata["trainable"])
+        start = checkpoint.step
+        wall_offset = float(checkpoint.metadata.get("wall_time", 0.0))
+
+    def checkpoint_now(step: int, wall: float) -> None:
+        tensors, metadata = trainable.state()
+        save_checkpoint(
+            run.checkpoints,
+            step,
+            tensors,
+            {"trainable": metadata, "wall_time": wall},
+            keep=settings.keep_checkpoints,
+        )
+
+    began = time.perf_counter() - wall_offset
+    completed, refused = start, 0
+    with MetricsLogger(run.path) as metrics:
+        if resume:
+            metrics.truncate_after(start)
+        bar = tqdm(
+            range(start, settings.iterations),
+            initial=start,
+            total=settings.iterations,
+            disable=not settings.progress,
+            dynamic_ncols=True,
+            desc=run.path.name,
+        )
+        try:
+            for iteration in bar:
+                try:
+                    values = trainable.train_iteration(iteration)
+                except NonFiniteUpdate as error:
+                    refused += 1
+                    bar.write(f"iteration {iteration}: update refused: {error}")
+                    if refused >= settings.max_refused:
+                        raise TrainingDiverged(
+                            f"{refused} consecutive non-finite updates; stopping. The last good "
+                            f"checkpoint is in {run.checkpoints} (resume with --resume after "
+                            "lowering the learning rates)."
+                        ) from error
+                    continue
+                refused = 0
+                completed = iteration + 1
+                wall = time.perf_counter() - began
+                if completed % settings.log_every == 0 or completed == settings.iterations:
+                    metrics.log(completed, wall_time=wall, **values)
+                    shown = {k: values[k] for k in settings.progress_keys if k in values}
+                    bar.set_postfix({k: _short(v) for k, v in shown.items()}, refresh=False)
+                if completed % settings.checkpoint_every == 0:
+                    checkpoint_now(completed, wall)
+        except KeyboardInterrupt:
+            checkpoint_now(completed, time.perf_counter() - began)
+            bar.write(
+                f"interrupted: checkpoint of iteration {completed} saved in {run.checkpoints}"
+            )
+            raise
+        finally:
+            bar.close()
+    if completed % settings.checkpoint_every != 0 or completed == start:
+        checkpoint_now(completed, time.perf_counter() - began)
+    return completed
+
+
+def _short(value: float) -> str:
+    return f"{value:.4g}" if math.isfinite(value) else str(value)
