@@ -4,9 +4,15 @@ It knows nothing about reinforcement learning or images: a task is whatever data
 ``task_loss(params, data)`` accepts, and a batch of tasks is that data with a leading task axis.
 """
 
-from rlmaml.core.inner import StepSize, adapt, sgd_step
+from rlmaml.core.inner import StepSize, adapt, detach_step_size, sgd_step
 from rlmaml.core.learner import ALGORITHMS, Algorithm, MetaLearner
-from rlmaml.core.objectives import TaskLoss, adapt_tasks, maml_losses, reptile_direction
+from rlmaml.core.objectives import (
+    TaskLoss,
+    adapt_tasks,
+    adaptation_curve,
+    maml_losses,
+    reptile_direction,
+)
 from rlmaml.core.params import (
     Params,
     expand_params,
@@ -27,6 +33,8 @@ __all__ = [
     "TaskLoss",
     "adapt",
     "adapt_tasks",
+    "adaptation_curve",
+    "detach_step_size",
     "expand_params",
     "functional_forward",
     "maml_losses",

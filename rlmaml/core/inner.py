@@ -20,6 +20,11 @@ LossFn = Callable[[Params], Tensor]
 StepSize = float | Mapping[str, Tensor]
 
 
+def detach_step_size(lr: StepSize) -> StepSize:
+    """``lr`` cut from the autograd graph (Meta-SGD's learned step sizes, at evaluation)."""
+    return lr if isinstance(lr, float) else {name: t.detach() for name, t in lr.items()}
+
+
 def sgd_step(params: Params, grads: Mapping[str, Tensor], lr: StepSize) -> Params:
     """One gradient-descent step ``p - lr * g``; ``lr`` is a float or a per-parameter dict."""
     if isinstance(lr, Mapping):

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from rlmaml.core.inner import StepSize
+from rlmaml.core.inner import StepSize, detach_step_size
 from rlmaml.core.objectives import TaskLoss, adapt_tasks, maml_losses, reptile_direction
 from rlmaml.core.params import Params, module_params
 
@@ -158,7 +158,7 @@ class MetaLearner:
             self.task_loss,
             support,
             steps=self.inner_steps if steps is None else steps,
-            lr=_detached(self.step_size()),
+            lr=detach_step_size(self.step_size()),
             first_order=True,
             vectorize=self._resolve_vectorize(support, support),
             chunk_size=self.chunk_size,
@@ -180,10 +180,6 @@ class MetaLearner:
         seconds = {v: _seconds_per_call(run, v) for v in (True, False)}
         self.vectorize = seconds[True] <= seconds[False]
         return self.vectorize
-
-
-def _detached(lr: StepSize) -> StepSize:
-    return lr if isinstance(lr, float) else {n: t.detach() for n, t in lr.items()}
 
 
 def _seconds_per_call(run: Callable[[bool], None], vectorize: bool, repeats: int = 2) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from rlmaml.core.inner import StepSize, adapt
@@ -106,3 +107,34 @@ def reptile_direction(
         chunk_size=chunk_size,
     )
     return {name: (base[name] - adapted[name].mean(0)).detach() for name in base}
+
+
+def adaptation_curve(
+    params: Params,
+    task_loss: TaskLoss,
+    task_metric: Callable[[Params, Any], Tensor],
+    support: Any,
+    query: Any,
+    *,
+    steps: int,
+    lr: StepSize,
+    vectorize: bool = True,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """``task_metric`` on each task's query data after 0, 1, ..., ``steps`` inner steps.
+
+    Returns a ``[tasks, steps + 1]`` tensor, detached. Each step continues from the previous
+    one, so a curve of N steps costs N inner steps, not N(N+1)/2.
+    """
+    base = {name: p.detach() for name, p in params.items()}
+
+    def one_task(task_support: Any, task_query: Any) -> Tensor:
+        current, values = base, [task_metric(base, task_query)]
+        for _ in range(steps):
+            current = adapt(current, lambda p: task_loss(p, task_support), steps=1, lr=lr)
+            current = {name: t.detach() for name, t in current.items()}
+            values.append(task_metric(current, task_query))
+        return torch.stack(values)
+
+    with torch.no_grad():
+        return map_tasks(one_task, support, query, vectorize=vectorize, chunk_size=chunk_size)
