@@ -1,0 +1,158 @@
+"""Meta-training and evaluation of a supervised problem: the :class:`Trainable` of the loop."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rlmaml.core import MetaLearner, adaptation_curve, detach_step_size
+from rlmaml.runs.checkpoint import (
+    load_optimizer_state,
+    optimizer_state_to_tensors,
+    restore_rng,
+    restore_torch_rng,
+    rng_state,
+    torch_rng_state,
+)
+from rlmaml.runs.loop import ensure_finite
+from rlmaml.supervised.config import SupervisedConfig
+from rlmaml.supervised.problems import Problem, build_problem
+from rlmaml.supervised.tasks import TaskBatch
+
+# Held-out tasks come from their own random streams, fixed per run seed and never the
+# training stream, so every evaluation of a run sees the same tasks.
+_TEST_STREAM, _VALIDATION_STREAM = 1, 2
+
+
+@dataclass(frozen=True)
+class AdaptationResult:
+    """A metric after 0..N inner steps on held-out tasks: mean and 95% confidence interval."""
+
+    metric: str
+    steps: list[int]
+    mean: list[float]
+    ci95: list[float]
+    n_tasks: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "steps": self.steps,
+            "mean": self.mean,
+            "ci95": self.ci95,
+            "n_tasks": self.n_tasks,
+        }
+
+
+def summarise(metric: str, per_task: Tensor) -> AdaptationResult:
+    """Mean and normal-approximation 95% CI over tasks of a ``[tasks, steps + 1]`` tensor."""
+    n = per_task.shape[0]
+    std = per_task.std(0, unbiased=True) if n > 1 else torch.zeros(per_task.shape[1])
+    return AdaptationResult(
+        metric=metric,
+        steps=list(range(per_task.shape[1])),
+        mean=per_task.mean(0).tolist(),
+        ci95=(1.96 * std / math.sqrt(n)).tolist(),
+        n_tasks=n,
+    )
+
+
+class SupervisedExperiment:
+    """One supervised meta-learning run: problem, learner, outer optimiser and RNG streams."""
+
+    def __init__(self, config: SupervisedConfig, problem: Problem | None = None) -> None:
+        self.config = config
+        torch.manual_seed(config.seed)
+        self.device = torch.device(config.run.device)
+        self.problem = problem if problem is not None else build_problem(config)
+        self.problem.model.to(self.device)
+        meta = config.meta
+        self.learner = MetaLearner(
+            self.problem.model,
+            self.problem.task_loss,
+            algorithm=meta.algorithm,
+            inner_steps=meta.inner_steps,
+            inner_lr=meta.inner_lr,
+            vectorize=meta.vectorize,
+            chunk_size=meta.chunk_size,
+        )
+        optimizer_class = torch.optim.Adam if meta.optimizer == "adam" else torch.optim.SGD
+        self.optimizer = optimizer_class(self.learner.meta_parameters(), lr=meta.meta_lr)
+        self.rng = np.random.default_rng(config.seed)
+
+    # -- Trainable -----------------------------------------------------------------------
+    def train_iteration(self, iteration: int) -> dict[str, float]:
+        """One meta-update on a fresh batch of training tasks."""
+        batch = self.problem.train_tasks(self.config.meta.meta_batch, self.rng).to(self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self.learner.meta_backward(*_support_query(batch))
+        ensure_finite(losses, self.learner.meta_parameters())
+        self.optimizer.step()
+        values = {"query_loss": losses.mean().item()}
+        every = self.config.eval.val_every
+        if every and (iteration + 1) % every == 0:
+            values.update(self.validate())
+        return values
+
+    def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        optim_tensors, optim_meta = optimizer_state_to_tensors(self.optimizer)
+        tensors = {
+            **self.learner.state_tensors(),
+            **{f"optimizer/{k}": v for k, v in optim_tensors.items()},
+            "rng/torch": torch_rng_state(),
+        }
+        metadata = {
+            "optimizer": optim_meta,
+            "numpy_rng": rng_state(self.rng),
+            "vectorize": self.learner.vectorize,
+        }
+        return tensors, metadata
+
+    def load_state(self, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
+        own = self.learner.state_tensors().keys()
+        self.learner.load_state_tensors({k: v for k, v in tensors.items() if k in own})
+        prefix = "optimizer/"
+        optim = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+        load_optimizer_state(self.optimizer, optim, metadata["optimizer"])
+        restore_rng(self.rng, metadata["numpy_rng"])
+        restore_torch_rng(tensors["rng/torch"])
+        self.learner.vectorize = metadata["vectorize"]
+
+    # -- evaluation ----------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """The metric on a fixed set of held-out tasks before and after training's inner steps."""
+        steps = self.config.meta.inner_steps
+        result = self.evaluate(steps, self.config.eval.val_tasks, stream=_VALIDATION_STREAM)
+        name = self.problem.metric
+        return {f"val_{name}_pre": result.mean[0], f"val_{name}_post": result.mean[steps]}
+
+    def evaluate(self, steps: int, n_tasks: int, stream: int = _TEST_STREAM) -> AdaptationResult:
+        """The metric on ``n_tasks`` held-out tasks after 0..``steps`` inner steps."""
+        rng = np.random.default_rng([self.config.seed, stream])
+        per_task = []
+        for start in range(0, n_tasks, self.config.eval.batch):
+            count = min(self.config.eval.batch, n_tasks - start)
+            batch = self.problem.test_tasks(count, rng).to(self.device)
+            per_task.append(
+                adaptation_curve(
+                    self.learner.params,
+                    self.problem.task_loss,
+                    self.problem.task_metric,
+                    *_support_query(batch),
+                    steps=steps,
+                    lr=detach_step_size(self.learner.step_size()),
+                    vectorize=self.learner.vectorize is not False,
+                    chunk_size=self.config.meta.chunk_size,
+                ).cpu()
+            )
+        return summarise(self.problem.metric, torch.cat(per_task))
+
+
+def _support_query(batch: TaskBatch) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    return (batch.support_x, batch.support_y), (batch.query_x, batch.query_y)
