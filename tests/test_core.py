@@ -220,3 +220,17 @@ def test_auto_strategy_picks_one_and_keeps_it():
     learner = MetaLearner(model, task_loss, vectorize="auto")
     learner.meta_backward(support, query)
     assert learner.vectorize in (True, False)
+
+
+def test_batch_stat_norm_matches_torch_batch_norm_without_running_stats():
+    from rlmaml.supervised.models import BatchStatNorm2d
+
+    x = torch.randn(6, 4, 5, 5)
+    ours, reference = BatchStatNorm2d(4), nn.BatchNorm2d(4, track_running_stats=False)
+    with torch.no_grad():
+        for module in (ours, reference):
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-1, 1)
+        reference.weight.copy_(ours.weight)
+        reference.bias.copy_(ours.bias)
+    torch.testing.assert_close(ours(x), reference(x))

@@ -1,0 +1,182 @@
+"""The ``rlmaml`` command: ``train``, ``evaluate`` and ``bench``.
+
+Run ``rlmaml <command> --help`` for the options of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from rlmaml.runs import ConfigError, RunDir, latest_checkpoint, load_config, save_config
+from rlmaml.runs.loop import LoopSettings, TrainingDiverged, run_training
+from rlmaml.runs.plots import plot_adaptation_curve, plot_learning_curves
+from rlmaml.supervised.config import SupervisedConfig
+from rlmaml.supervised.experiment import AdaptationResult, SupervisedExperiment
+
+SETTINGS = {"sinusoid": SupervisedConfig, "omniglot": SupervisedConfig}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rlmaml`` console script; returns the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ConfigError, FileNotFoundError, TrainingDiverged) as error:
+        print(f"rlmaml {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlmaml", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="meta-train from a YAML config")
+    train.add_argument(
+        "config", type=Path, nargs="?", help="YAML config (not needed with --resume)"
+    )
+    train.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set meta.inner_lr=0.1 (repeatable)",
+    )
+    train.add_argument("--run-dir", type=Path, help="run folder (default: runs/<config>-<time>)")
+    train.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its last checkpoint",
+    )
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="adaptation on held-out tasks")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument(
+        "--steps", type=int, help="inner steps (default: the config's eval.steps)"
+    )
+    evaluate.add_argument("--tasks", type=int, help="held-out tasks (default: eval.tasks)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.set_defaults(handler=_evaluate)
+
+    bench = commands.add_parser("bench", help="speed benchmarks against other libraries")
+    bench.add_argument("what", choices=["supervised"])
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--repeats", type=int, default=20, help="timed meta-iterations per case")
+    bench.set_defaults(handler=_bench)
+    return parser
+
+
+def _config_class(data: object, where: Path) -> type:
+    setting = data.get("setting") if isinstance(data, dict) else None
+    if setting not in SETTINGS:
+        raise ConfigError(f"setting: must be one of {sorted(SETTINGS)} in {where}, got {setting!r}")
+    return SETTINGS[setting]
+
+
+def _load(path: Path, overrides: Sequence[str]) -> SupervisedConfig:
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    return load_config(_config_class(data, path), data=data, overrides=overrides)
+
+
+def _train(args: argparse.Namespace) -> int:
+    if args.resume:
+        if args.run_dir is None:
+            raise ConfigError("--resume needs --run-dir naming the run to continue")
+        run = RunDir(args.run_dir)
+        if not run.config.is_file():
+            raise FileNotFoundError(f"--resume: {run.config} does not exist")
+        config = _load(run.config, args.overrides)
+    else:
+        if args.config is None:
+            raise ConfigError("train needs a CONFIG file (or --resume with --run-dir)")
+        config = _load(args.config, args.overrides)
+        run = (
+            RunDir(args.run_dir)
+            if args.run_dir
+            else RunDir(Path("runs") / f"{args.config.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+        )
+        if run.exists_with_checkpoint():
+            raise ConfigError(f"{run.path} already holds a run; use --resume or another --run-dir")
+    save_config(config, run.config)
+    experiment = SupervisedExperiment(config)
+    settings = LoopSettings(
+        iterations=config.meta.iterations,
+        log_every=config.run.log_every,
+        checkpoint_every=config.run.checkpoint_every,
+        keep_checkpoints=config.run.keep_checkpoints,
+        progress=config.run.progress,
+        progress_keys=("query_loss", f"val_{experiment.problem.metric}_post"),
+    )
+    done = run_training(experiment, run, settings, resume=args.resume)
+    curve = plot_learning_curves(run.path)
+    print(f"trained {done} meta-iterations; run folder {run.path}; learning curve {curve}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    run = RunDir(args.run_dir)
+    if not run.config.is_file():
+        raise FileNotFoundError(f"{run.config} does not exist: is {run.path} a run folder?")
+    config = _load(run.config, [])
+    checkpoint = latest_checkpoint(run.checkpoints)
+    if checkpoint is None:
+        raise FileNotFoundError(f"no complete checkpoint in {run.checkpoints}")
+    experiment = SupervisedExperiment(config)
+    experiment.load_state(checkpoint.tensors, checkpoint.metadata["trainable"])
+    steps = config.eval.steps if args.steps is None else args.steps
+    tasks = config.eval.tasks if args.tasks is None else args.tasks
+    if steps < 0 or tasks < 1:
+        raise ConfigError(f"--steps must be >= 0 and --tasks >= 1, got {steps} and {tasks}")
+    result = experiment.evaluate(steps, tasks)
+    payload = {**result.as_dict(), "iteration": checkpoint.step, "problem": experiment.problem.name}
+    (run.eval / "adaptation.json").write_text(json.dumps(payload, indent=1))
+    figure = plot_adaptation_curve(
+        result.steps,
+        result.mean,
+        result.ci95,
+        run.eval / "adaptation.png",
+        reference=experiment.problem.reference,
+        ylabel=result.metric,
+        title=f"{experiment.problem.name}: {tasks} held-out tasks",
+    )
+    if args.json:
+        print(json.dumps(payload))
+    else:
+        print(_table(result, experiment.problem.reference))
+        print(f"written: {run.eval / 'adaptation.json'}, {figure}")
+    return 0
+
+
+def _table(result: AdaptationResult, reference: dict[str, tuple[list[int], list[float]]]) -> str:
+    paper = {
+        step: value
+        for steps, values in reference.values()
+        for step, value in zip(steps, values, strict=True)
+    }
+    lines = [f"{'steps':>5}  {result.metric + ' (95% CI)':>24}  {'paper':>7}"]
+    for step, mean, ci in zip(result.steps, result.mean, result.ci95, strict=True):
+        ref = f"{paper[step]:7.2f}" if step in paper else f"{'':>7}"
+        lines.append(f"{step:>5}  {mean:14.4f} ± {ci:<7.4f}  {ref}")
+    lines.append(f"({result.n_tasks} held-out tasks)")
+    return "\n".join(lines)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from rlmaml.bench.supervised import main as bench_supervised
+
+    return bench_supervised(repeats=args.repeats, as_json=args.json)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
