@@ -1,0 +1,99 @@
+"""Gymnasium task families for meta-RL, registered under the ``rlmaml/`` namespace.
+
+Importing this package registers every family, so ``gymnasium.make("rlmaml/Navigation2D-v0")``
+works after ``import envs``. Entry points are ``"module:Class"`` strings, so importing the
+package loads no simulator; each family's module is imported when it is first made.
+
+To add a family, append a :class:`TaskFamilySpec` to ``_FAMILIES``: it is then registered,
+listed in :data:`TASK_FAMILY_IDS` (which the tests iterate over) and, if it names a batched
+implementation, returned by :func:`batched_env_for`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import NamedTuple
+
+import gymnasium
+
+from envs.protocol import Task, TaskFamily, require_task_family
+
+
+class TaskFamilySpec(NamedTuple):
+    """How one task family is registered.
+
+    Attributes:
+        id: the Gymnasium id, ``"rlmaml/<Name>-v<N>"``.
+        entry_point: ``"module:Class"`` of the Gymnasium environment.
+        max_episode_steps: the horizon H, enforced by Gymnasium's ``TimeLimit`` (truncation).
+        batched_entry_point: ``"module:Class"`` of a natively batched implementation, or None.
+    """
+
+    id: str
+    entry_point: str
+    max_episode_steps: int
+    batched_entry_point: str | None = None
+
+
+_FAMILIES: tuple[TaskFamilySpec, ...] = (
+    TaskFamilySpec(
+        "rlmaml/Navigation2D-v0",
+        "envs.navigation:Navigation2DEnv",
+        100,
+        "envs.navigation:BatchedNavigation2D",
+    ),
+)
+
+TASK_FAMILY_IDS: tuple[str, ...] = tuple(family.id for family in _FAMILIES)
+"""Every registered ``rlmaml/`` id."""
+
+
+def register_task_families() -> None:
+    """Register every family with Gymnasium; ids already registered are left alone.
+
+    Runs on ``import envs``; calling it again (or reloading the package) neither re-registers
+    nor triggers Gymnasium's "overriding environment" warning.
+    """
+    for family in _FAMILIES:
+        if family.id not in gymnasium.registry:
+            gymnasium.register(
+                family.id,
+                entry_point=family.entry_point,
+                max_episode_steps=family.max_episode_steps,
+            )
+
+
+def batched_env_for(env_id: str) -> type | None:
+    """The natively batched implementation of ``env_id``, or None if it has none.
+
+    Samplers use this to step all copies of a family in one NumPy call when they can, and fall
+    back to a Gymnasium vector env otherwise.
+
+    Args:
+        env_id: a registered Gymnasium id (``rlmaml/`` or any other).
+
+    Raises:
+        ValueError: if ``env_id`` is not registered with Gymnasium (likely a typo).
+    """
+    if env_id not in gymnasium.registry:
+        raise ValueError(
+            f"{env_id!r} is not a registered Gymnasium id; rlmaml ids are {list(TASK_FAMILY_IDS)}"
+        )
+    for family in _FAMILIES:
+        if family.id == env_id and family.batched_entry_point is not None:
+            module_name, class_name = family.batched_entry_point.split(":")
+            return getattr(importlib.import_module(module_name), class_name)
+    return None
+
+
+register_task_families()
+
+__all__ = [
+    "TASK_FAMILY_IDS",
+    "Task",
+    "TaskFamily",
+    "TaskFamilySpec",
+    "batched_env_for",
+    "register_task_families",
+    "require_task_family",
+]
