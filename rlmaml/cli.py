@@ -14,13 +14,27 @@ from pathlib import Path
 
 import yaml
 
+from rlmaml.rl.config import RLConfig
 from rlmaml.runs import ConfigError, RunDir, latest_checkpoint, load_config, save_config
-from rlmaml.runs.loop import LoopSettings, TrainingDiverged, run_training
+from rlmaml.runs.loop import TrainingDiverged, run_training
 from rlmaml.runs.plots import plot_adaptation_curve, plot_learning_curves
 from rlmaml.supervised.config import SupervisedConfig
 from rlmaml.supervised.experiment import AdaptationResult, SupervisedExperiment
 
-SETTINGS = {"sinusoid": SupervisedConfig, "omniglot": SupervisedConfig}
+# The config's ``setting`` key picks its config class; the class picks the experiment.
+SETTINGS: dict[str, type] = {
+    "sinusoid": SupervisedConfig,
+    "omniglot": SupervisedConfig,
+    "rl": RLConfig,
+}
+
+
+def _experiment(config: SupervisedConfig | RLConfig):
+    if isinstance(config, RLConfig):
+        from rlmaml.rl.experiment import RLExperiment
+
+        return RLExperiment(config)
+    return SupervisedExperiment(config)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         "--steps", type=int, help="inner steps (default: the config's eval.steps)"
     )
     evaluate.add_argument("--tasks", type=int, help="held-out tasks (default: eval.tasks)")
+    evaluate.add_argument("--episodes", type=int, help="RL: trajectories per step (eval.episodes)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -109,16 +124,12 @@ def _train(args: argparse.Namespace) -> int:
         if run.exists_with_checkpoint():
             raise ConfigError(f"{run.path} already holds a run; use --resume or another --run-dir")
     save_config(config, run.config)
-    experiment = SupervisedExperiment(config)
-    settings = LoopSettings(
-        iterations=config.meta.iterations,
-        log_every=config.run.log_every,
-        checkpoint_every=config.run.checkpoint_every,
-        keep_checkpoints=config.run.keep_checkpoints,
-        progress=config.run.progress,
-        progress_keys=("query_loss", f"val_{experiment.problem.metric}_post"),
-    )
-    done = run_training(experiment, run, settings, resume=args.resume)
+    experiment = _experiment(config)
+    settings = config.run.loop(config.meta.iterations, experiment.progress_keys)
+    try:
+        done = run_training(experiment, run, settings, resume=args.resume)
+    finally:
+        experiment.close()
     curve = plot_learning_curves(run.path)
     print(f"trained {done} meta-iterations; run folder {run.path}; learning curve {curve}")
     return 0
@@ -128,32 +139,41 @@ def _evaluate(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir)
     if not run.config.is_file():
         raise FileNotFoundError(f"{run.config} does not exist: is {run.path} a run folder?")
-    config = _load(run.config, [])
     checkpoint = latest_checkpoint(run.checkpoints)
     if checkpoint is None:
         raise FileNotFoundError(f"no complete checkpoint in {run.checkpoints}")
-    experiment = SupervisedExperiment(config)
-    experiment.load_state(checkpoint.tensors, checkpoint.metadata["trainable"])
-    steps = config.eval.steps if args.steps is None else args.steps
-    tasks = config.eval.tasks if args.tasks is None else args.tasks
-    if steps < 0 or tasks < 1:
-        raise ConfigError(f"--steps must be >= 0 and --tasks >= 1, got {steps} and {tasks}")
-    result = experiment.evaluate(steps, tasks)
-    payload = {**result.as_dict(), "iteration": checkpoint.step, "problem": experiment.problem.name}
+    overrides = [
+        f"eval.{key}={value}"
+        for key, value in (
+            ("steps", args.steps),
+            ("tasks", args.tasks),
+            ("episodes", args.episodes),
+        )
+        if value is not None
+    ]
+    config = _load(run.config, overrides)
+    experiment = _experiment(config)
+    try:
+        experiment.load_state(checkpoint.tensors, checkpoint.metadata["trainable"])
+        result = experiment.evaluate(config.eval.steps, config.eval.tasks)
+    finally:
+        experiment.close()
+    tasks = config.eval.tasks
+    payload = {**result.as_dict(), "iteration": checkpoint.step, "problem": experiment.name}
     (run.eval / "adaptation.json").write_text(json.dumps(payload, indent=1))
     figure = plot_adaptation_curve(
         result.steps,
         result.mean,
         result.ci95,
         run.eval / "adaptation.png",
-        reference=experiment.problem.reference,
+        reference=experiment.reference,
         ylabel=result.metric,
-        title=f"{experiment.problem.name}: {tasks} held-out tasks",
+        title=f"{experiment.name}: {tasks} held-out tasks",
     )
     if args.json:
         print(json.dumps(payload))
     else:
-        print(_table(result, experiment.problem.reference))
+        print(_table(result, experiment.reference))
         print(f"written: {run.eval / 'adaptation.json'}, {figure}")
     return 0
 

@@ -52,6 +52,7 @@ class LoopSettings:
     checkpoint_every: int = 100
     keep_checkpoints: int = 3
     max_refused: int = 10
+    time_limit_s: float | None = None  # stop (with a checkpoint) once training took this long
     progress: bool = True
     progress_keys: tuple[str, ...] = ()
 
@@ -131,6 +132,9 @@ def run_training(trainable: Trainable, run: RunDir, settings: LoopSettings, resu
                     bar.set_postfix({k: _short(v) for k, v in shown.items()}, refresh=False)
                 if completed % settings.checkpoint_every == 0:
                     checkpoint_now(completed, wall)
+                if settings.time_limit_s is not None and wall >= settings.time_limit_s:
+                    bar.write(f"time limit of {settings.time_limit_s:.0f} s reached")
+                    break
         except KeyboardInterrupt:
             checkpoint_now(completed, time.perf_counter() - began)
             bar.write(

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlmaml.runs.config import check
+from rlmaml.runs.settings import RunSettings
 
 
 @dataclass
@@ -85,21 +86,6 @@ class EvalSettings:
         for name in ("steps", "val_every"):
             check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("tasks", "batch", "val_tasks"):
-            check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
-
-
-@dataclass
-class RunSettings:
-    """Where it runs and how often it logs and checkpoints."""
-
-    device: str = "cpu"
-    log_every: int = 100
-    checkpoint_every: int = 1000
-    keep_checkpoints: int = 3
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("log_every", "checkpoint_every", "keep_checkpoints"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
 

@@ -69,6 +69,8 @@ class SupervisedExperiment:
     def __init__(self, config: SupervisedConfig, problem: Problem | None = None) -> None:
         self.config = config
         torch.manual_seed(config.seed)
+        if config.run.threads is not None:
+            torch.set_num_threads(config.run.threads)
         self.device = torch.device(config.run.device)
         self.problem = problem if problem is not None else build_problem(config)
         self.problem.model.to(self.device)
@@ -85,6 +87,23 @@ class SupervisedExperiment:
         optimizer_class = torch.optim.Adam if meta.optimizer == "adam" else torch.optim.SGD
         self.optimizer = optimizer_class(self.learner.meta_parameters(), lr=meta.meta_lr)
         self.rng = np.random.default_rng(config.seed)
+
+    @property
+    def name(self) -> str:
+        return self.problem.name
+
+    @property
+    def reference(self) -> dict[str, tuple[list[int], list[float]]]:
+        """Published numbers to draw beside the adaptation curve."""
+        return self.problem.reference
+
+    @property
+    def progress_keys(self) -> tuple[str, ...]:
+        """Metrics shown on the progress bar."""
+        return ("query_loss", f"val_{self.problem.metric}_post")
+
+    def close(self) -> None:
+        """Nothing to release (RL experiments close their samplers)."""
 
     # -- Trainable -----------------------------------------------------------------------
     def train_iteration(self, iteration: int) -> dict[str, float]:

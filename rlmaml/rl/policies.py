@@ -1,0 +1,73 @@
+"""Policies: MLPs mapping observations to an action distribution, evaluated functionally.
+
+A policy is an ordinary ``nn.Module`` whose ``forward(obs)`` returns a distribution pytree
+(:class:`~rlmaml.rl.distributions.DiagGaussian` or ``Categorical``). :func:`distribution`
+evaluates it with a parameter dict; :func:`per_task_distribution` with a *stack* of parameter
+dicts (leading task axis), so one batched forward pass acts for every task with its own
+adapted parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from rlmaml.core import Params, functional_forward
+from rlmaml.rl.distributions import Categorical, DiagGaussian, Distribution
+
+
+def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` between them (none at the end)."""
+    layers: list[nn.Module] = []
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(fan_in, fan_out))
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class GaussianMLPPolicy(nn.Module):
+    """Gaussian policy: an MLP for the mean and a learned, state-independent log-std.
+
+    The MAML paper's locomotion and navigation policy (two hidden layers of 100 ReLU units).
+    """
+
+    def __init__(
+        self,
+        obs_dim: int,
+        act_dim: int,
+        hidden: Sequence[int] = (100, 100),
+        init_std: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {init_std}")
+        self.mean = mlp([obs_dim, *hidden, act_dim])
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(torch.tensor(init_std).log())))
+
+    def forward(self, obs: Tensor) -> DiagGaussian:
+        mean = self.mean(obs)
+        return DiagGaussian(mean, self.log_std.expand_as(mean))
+
+
+class CategoricalMLPPolicy(nn.Module):
+    """Categorical policy over ``n_actions`` discrete actions: an MLP producing logits."""
+
+    def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (100, 100)) -> None:
+        super().__init__()
+        self.logits = mlp([obs_dim, *hidden, n_actions])
+
+    def forward(self, obs: Tensor) -> Categorical:
+        return Categorical(self.logits(obs))
+
+
+def distribution(policy: nn.Module, params: Params, obs: Tensor) -> Distribution:
+    """The action distribution of ``policy`` with parameters ``params`` at ``obs``."""
+    return functional_forward(policy, params, obs)
+
+
+def per_task_distribution(policy: nn.Module, stacked: Params, obs: Tensor) -> Distribution:
+    """Distributions for ``obs [T, ...]`` with task ``i`` using parameter set ``stacked[.][i]``."""
+    return torch.func.vmap(lambda p, o: functional_forward(policy, p, o))(stacked, obs)
