@@ -90,6 +90,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _require_run_folder(path: Path) -> None:
+    """Fail before anything is created if ``path`` is not a run folder."""
+    if not (path / "config.yaml").is_file():
+        raise FileNotFoundError(f"{path / 'config.yaml'} does not exist: is {path} a run folder?")
+
+
 def _config_class(data: object, where: Path) -> type:
     setting = data.get("setting") if isinstance(data, dict) else None
     if setting not in SETTINGS:
@@ -108,9 +114,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.run_dir is None:
             raise ConfigError("--resume needs --run-dir naming the run to continue")
+        _require_run_folder(args.run_dir)
         run = RunDir(args.run_dir)
-        if not run.config.is_file():
-            raise FileNotFoundError(f"--resume: {run.config} does not exist")
         config = _load(run.config, args.overrides)
     else:
         if args.config is None:
@@ -136,9 +141,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    _require_run_folder(args.run_dir)
     run = RunDir(args.run_dir)
-    if not run.config.is_file():
-        raise FileNotFoundError(f"{run.config} does not exist: is {run.path} a run folder?")
     checkpoint = latest_checkpoint(run.checkpoints)
     if checkpoint is None:
         raise FileNotFoundError(f"no complete checkpoint in {run.checkpoints}")

@@ -263,6 +263,8 @@ class RLExperiment:
             prefix = "optimizer/"
             optim = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
             load_optimizer_state(self.optimizer, optim, metadata["optimizer"])
+            for group in self.optimizer.param_groups:  # the config may lower it on resume
+                group["lr"] = self.config.meta.outer_lr
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, steps: int, n_tasks: int) -> AdaptationResult:

@@ -8,6 +8,8 @@ periodic and final checkpoints, resuming, and the refusal of non-finite updates.
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -98,9 +100,10 @@ def run_training(trainable: Trainable, run: RunDir, settings: LoopSettings, resu
 
     began = time.perf_counter() - wall_offset
     completed, refused = start, 0
-    with MetricsLogger(run.path) as metrics:
-        if resume:
-            metrics.truncate_after(start)
+    with (
+        MetricsLogger(run.path, resume_step=start if resume else None) as metrics,
+        _DeferredInterrupt() as interrupt,
+    ):
         bar = tqdm(
             range(start, settings.iterations),
             initial=start,
@@ -117,6 +120,7 @@ def run_training(trainable: Trainable, run: RunDir, settings: LoopSettings, resu
                     refused += 1
                     bar.write(f"iteration {iteration}: update refused: {error}")
                     if refused >= settings.max_refused:
+                        checkpoint_now(completed, time.perf_counter() - began)
                         raise TrainingDiverged(
                             f"{refused} consecutive non-finite updates; stopping. The last good "
                             f"checkpoint is in {run.checkpoints} (resume with --resume after "
@@ -135,6 +139,8 @@ def run_training(trainable: Trainable, run: RunDir, settings: LoopSettings, resu
                 if settings.time_limit_s is not None and wall >= settings.time_limit_s:
                     bar.write(f"time limit of {settings.time_limit_s:.0f} s reached")
                     break
+                if interrupt.requested:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
             checkpoint_now(completed, time.perf_counter() - began)
             bar.write(
@@ -146,6 +152,30 @@ def run_training(trainable: Trainable, run: RunDir, settings: LoopSettings, resu
     if completed % settings.checkpoint_every != 0 or completed == start:
         checkpoint_now(completed, time.perf_counter() - began)
     return completed
+
+
+class _DeferredInterrupt:
+    """The first Ctrl-C lets the current iteration finish (so the checkpoint is consistent);
+    a second one interrupts at once. Only installed in the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\ninterrupt: stopping after this iteration (Ctrl-C again to abort)", flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _short(value: float) -> str:

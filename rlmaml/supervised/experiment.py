@@ -139,6 +139,8 @@ class SupervisedExperiment:
         prefix = "optimizer/"
         optim = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         load_optimizer_state(self.optimizer, optim, metadata["optimizer"])
+        for group in self.optimizer.param_groups:  # the config may lower it on resume
+            group["lr"] = self.config.meta.meta_lr
         restore_rng(self.rng, metadata["numpy_rng"])
         restore_torch_rng(tensors["rng/torch"])
         self.learner.vectorize = metadata["vectorize"]

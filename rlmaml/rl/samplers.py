@@ -1,0 +1,410 @@
+"""Samplers: run a policy with one parameter set per task and return padded trajectories.
+
+Sampling is a backend behind one interface, :class:`Sampler`: the algorithm asks for
+``episodes_per_task`` episodes of every task with that task's (adapted) parameters and gets a
+:class:`~rlmaml.rl.trajectories.Trajectories` batch ``[task, episode, time]`` back, whichever
+backend ran them. :class:`VectorizedSampler` is the in-process default; multi-process and Ray
+backends implement the same interface.
+
+All randomness of a phase is a function of its ``seed`` alone, fixed before any environment
+steps, so the trajectories a seed produces do not depend on the backend or on how episodes are
+split between environments and workers:
+
+- the action noise of every ``(task, episode, time)`` is drawn up front by
+  :func:`action_noise` (the distribution's ``noise`` with ``torch.Generator().manual_seed(seed)``,
+  shape ``[T, E, H(, act_dim)]``); a backend that splits the phase slices this tensor;
+- the environment of episode ``e`` of task ``t`` is reset with :func:`episode_seeds`'s
+  ``[t, e]`` entry, derived from ``(seed, t, e)`` only.
+
+One caveat: the policy forward pass is float arithmetic whose rounding can depend on the batch
+size (matrix-multiply kernels switch for very small batches), so backends that evaluate the
+policy on different batch shapes agree to rounding, not always bit for bit. Splitting a phase
+by whole tasks keeps every per-task batch the same and the results identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import gymnasium
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import Tensor, nn
+
+from envs import batched_env_for, require_task_family
+from envs.protocol import Task, TaskFamily
+from rlmaml.core.params import Params
+from rlmaml.rl.distributions import Distribution
+from rlmaml.rl.policies import distribution, per_task_distribution
+from rlmaml.rl.trajectories import Trajectories, masks_from_lengths
+
+
+class Sampler(Protocol):
+    """Collects episodes of a meta-batch of tasks, each task acting with its own parameters.
+
+    Backends (in-process, multi-process, Ray) implement :meth:`sample` and :meth:`close`;
+    subclassing this protocol explicitly also gives them context-manager support, so
+    ``with VectorizedSampler(...) as sampler:`` releases environments and workers on exit.
+    """
+
+    def sample(
+        self, params: Params, tasks: Sequence[Task], episodes_per_task: int, seed: int
+    ) -> Trajectories:
+        """Run ``episodes_per_task`` episodes of every task and return them padded.
+
+        Args:
+            params: stacked per-task parameters: every tensor has a leading task axis of
+                length ``len(tasks)``. Callers with one shared set pass
+                ``expand_params(params, len(tasks))``.
+            tasks: the tasks, as the task family's JSON-able dicts.
+            episodes_per_task: episodes ``E`` per task, at least 1.
+            seed: non-negative seed fixing all randomness of the phase (action noise and
+                environment resets), independent of the backend.
+
+        Returns:
+            Validated trajectories ``[T, E, H]`` with ``H`` the environment's time limit.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release environments and workers; the sampler cannot be used afterwards."""
+        ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def episode_seeds(seed: int, num_tasks: int, episodes_per_task: int) -> np.ndarray:
+    """The reset seed of every episode of a phase, each derived from ``(seed, task, episode)``.
+
+    Independent of how episodes are assigned to environments, so every backend resets episode
+    ``(t, e)`` identically.
+
+    Returns:
+        ``[num_tasks, episodes_per_task]`` uint32 seeds.
+    """
+    seeds = np.zeros((num_tasks, episodes_per_task), dtype=np.uint32)
+    for t in range(num_tasks):
+        for e in range(episodes_per_task):
+            seeds[t, e] = np.random.SeedSequence([seed, t, e]).generate_state(1)[0]
+    return seeds
+
+
+def action_noise(
+    distribution_type: type[Distribution],
+    shape: tuple[int, int, int],
+    act_dim: int,
+    seed: int,
+) -> Tensor:
+    """All the action noise of a phase ``[T, E, H(, act_dim)]``, drawn on the CPU from ``seed``.
+
+    Args:
+        distribution_type: the policy's distribution class; its static ``noise`` decides the
+            kind of noise (standard normal for a Gaussian, uniform for a categorical).
+        shape: ``(T, E, H)``.
+        act_dim: size of an action vector (ignored by discrete distributions).
+        seed: the phase's seed.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return distribution_type.noise(shape, act_dim, generator)
+
+
+def _space_sizes(env: gymnasium.Env) -> tuple[int, int]:
+    """``(obs_dim, act_dim)`` of ``env``, checking the spaces are ones a sampler can batch."""
+    obs_space, act_space = env.observation_space, env.action_space
+    if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
+        raise ValueError(
+            f"samplers need a flat Box observation space, got {obs_space} for {env.spec}"
+        )
+    if isinstance(act_space, spaces.Box) and len(act_space.shape) == 1:
+        return obs_space.shape[0], act_space.shape[0]
+    if isinstance(act_space, spaces.Discrete):
+        return obs_space.shape[0], 1
+    raise ValueError(
+        f"samplers need a flat Box or a Discrete action space, got {act_space} for {env.spec}"
+    )
+
+
+class _NativeBatchedEnvs:
+    """All ``T * E`` copies of a natively batched family (Navigation2D), one NumPy call a step.
+
+    Args:
+        batched_type: the batched class from :func:`envs.batched_env_for`; it provides
+            ``from_env``, ``goals_from_tasks``, ``reset(goals)``, ``step(actions)`` and
+            ``active``.
+        env: the family's registered env from ``gymnasium.make``, whose coefficients and time
+            limit the batched copies take over.
+    """
+
+    def __init__(self, batched_type: type, env: gymnasium.Env) -> None:
+        self._batched_type = batched_type
+        self._env = env
+        self._batched = batched_type.from_env(env)
+        self.obs_dim, self.act_dim = _space_sizes(env)
+        self.horizon: int = self._batched.horizon
+
+    @property
+    def active(self) -> np.ndarray:
+        """Bool ``[N]``: copies whose next step is a real transition."""
+        return self._batched.active
+
+    def reset(self, tasks: Sequence[Task], episodes_per_task: int, seed: int) -> np.ndarray:
+        """Start every episode; copy ``t * E + e`` runs episode ``e`` of task ``t``.
+
+        ``seed`` is unused: this family starts every episode in the same state.
+        """
+        del seed
+        goals = self._batched_type.goals_from_tasks(tasks)
+        return self._batched.reset(np.repeat(goals, episodes_per_task, axis=0))
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step every copy; returns observations ``[N, obs_dim]`` and rewards ``[N]``."""
+        observations, rewards, _, _ = self._batched.step(actions)
+        return observations, rewards
+
+    def close(self) -> None:
+        self._env.close()
+
+
+class _GymnasiumEnvs:
+    """A pool of ordinary Gymnasium envs, stepped one by one (the env step is Python anyway).
+
+    The pool grows to the largest ``T * E`` asked for and is reused across phases.
+
+    Args:
+        env_id: the Gymnasium id of a task family.
+        env_kwargs: keyword arguments for ``gymnasium.make``.
+    """
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any]) -> None:
+        self._env_id = env_id
+        self._env_kwargs = env_kwargs
+        self._envs: list[gymnasium.Env] = []
+        self._families: list[TaskFamily] = []
+        self._grow(1)
+        first = self._envs[0]
+        self.obs_dim, self.act_dim = _space_sizes(first)
+        horizon = first.spec.max_episode_steps if first.spec is not None else None
+        if horizon is None:
+            raise ValueError(
+                f"{env_id} has no time limit (spec.max_episode_steps); register it with "
+                "max_episode_steps or pass max_episode_steps in env_kwargs"
+            )
+        self.horizon: int = horizon
+        self._observations = np.zeros((0, self.obs_dim), dtype=np.float32)
+        self._active = np.zeros(0, dtype=bool)
+
+    def _grow(self, n: int) -> None:
+        while len(self._envs) < n:
+            env = gymnasium.make(self._env_id, **self._env_kwargs)
+            self._envs.append(env)
+            self._families.append(require_task_family(env))
+
+    @property
+    def active(self) -> np.ndarray:
+        """Bool ``[N]``: envs whose episode has not ended yet."""
+        return self._active
+
+    def reset(self, tasks: Sequence[Task], episodes_per_task: int, seed: int) -> np.ndarray:
+        """Set env ``t * E + e`` to task ``t`` and reset it with the seed of episode ``(t, e)``."""
+        n = len(tasks) * episodes_per_task
+        self._grow(n)
+        seeds = episode_seeds(seed, len(tasks), episodes_per_task).ravel()
+        self._observations = np.zeros((n, self.obs_dim), dtype=np.float32)
+        for i in range(n):
+            self._families[i].set_task(tasks[i // episodes_per_task])
+            self._observations[i], _ = self._envs[i].reset(seed=int(seeds[i]))
+        self._active = np.ones(n, dtype=bool)
+        return self._observations
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step the envs still running; ended ones keep their last observation and get reward 0.
+
+        Returns:
+            Observations ``[N, obs_dim]`` (a buffer overwritten by the next step) and float64
+            rewards ``[N]``.
+        """
+        rewards = np.zeros(len(self._active))
+        for i in np.flatnonzero(self._active):
+            observation, reward, terminated, truncated, _ = self._envs[i].step(actions[i])
+            self._observations[i] = observation
+            rewards[i] = reward
+            if terminated or truncated:
+                self._active[i] = False
+        return self._observations, rewards
+
+    def close(self) -> None:
+        for env in self._envs:
+            env.close()
+        self._envs.clear()
+        self._families.clear()
+
+
+def _shared_params(params: Params, num_tasks: int) -> Params | None:
+    """The one parameter set behind ``params`` if every task uses it, else None.
+
+    Recognises ``expand_params`` output (stride 0 along the task axis) and single-task stacks,
+    so that shared parameters skip ``vmap`` with one plain forward pass (same results, less
+    overhead).
+    """
+    if num_tasks == 1 or all(t.stride(0) == 0 for t in params.values()):
+        return {name: t[0] for name, t in params.items()}
+    return None
+
+
+class VectorizedSampler(Sampler):
+    """The in-process sampler: all ``T * E`` episodes of a phase run in lockstep.
+
+    Each time step evaluates the policy once for every episode (one ``vmap``-ed forward over
+    the task axis, or one plain forward when all tasks share parameters) and then steps the
+    environments: a natively batched family (see :func:`envs.batched_env_for`) in one NumPy
+    call, any other task family as a pool of Gymnasium envs stepped in a Python loop. Actions
+    go to the environment as sampled (environments clip); the trajectories record the sampled
+    action and its log-probability under the behaviour policy.
+
+    Args:
+        env_id: a registered Gymnasium id of a task family (``rlmaml/Navigation2D-v0``, ...).
+        policy: the policy module; its ``forward(obs)`` returns a distribution pytree. The
+            parameters used are the ones passed to :meth:`sample` (tensors they do not name
+            come from the module).
+        env_kwargs: keyword arguments for ``gymnasium.make(env_id, ...)``.
+        device: where the policy runs and the trajectories are returned; environments always
+            run on the CPU.
+        use_batched: use the natively batched implementation when the family has one. False
+            forces the Gymnasium pool; both give the same trajectories for the same seed.
+
+    Raises:
+        ValueError: if ``env_id`` is not registered, has no time limit, or has spaces that are
+            not a flat Box (observations) and a flat Box or Discrete (actions).
+        TypeError: if the environment is not a task family.
+    """
+
+    def __init__(
+        self,
+        env_id: str,
+        policy: nn.Module,
+        env_kwargs: dict[str, Any] | None = None,
+        device: torch.device | str = "cpu",
+        use_batched: bool = True,
+    ) -> None:
+        self.env_id = env_id
+        self.policy = policy
+        self.device = torch.device(device)
+        env_kwargs = dict(env_kwargs or {})
+        batched_type = batched_env_for(env_id)
+        if use_batched and batched_type is not None:
+            self._envs: _NativeBatchedEnvs | _GymnasiumEnvs = _NativeBatchedEnvs(
+                batched_type, gymnasium.make(env_id, **env_kwargs)
+            )
+        else:
+            self._envs = _GymnasiumEnvs(env_id, env_kwargs)
+
+    @property
+    def horizon(self) -> int:
+        """The episode length ``H`` of the returned trajectories (the env's time limit)."""
+        return self._envs.horizon
+
+    def sample(
+        self, params: Params, tasks: Sequence[Task], episodes_per_task: int, seed: int
+    ) -> Trajectories:
+        """Run ``episodes_per_task`` episodes of every task; see :meth:`Sampler.sample`.
+
+        Raises:
+            ValueError: if ``tasks`` is empty, the parameters' task axis is not ``len(tasks)``,
+                ``episodes_per_task < 1`` or ``seed`` is negative.
+        """
+        num_tasks = len(tasks)
+        _check_request(params, num_tasks, episodes_per_task, seed)
+        shared = _shared_params(params, num_tasks)
+        if shared is not None:
+            shared = {name: t.to(self.device) for name, t in shared.items()}
+        else:
+            params = {name: t.to(self.device) for name, t in params.items()}
+        envs, device = self._envs, self.device
+        horizon, episodes, n = envs.horizon, episodes_per_task, num_tasks * episodes_per_task
+
+        observations = torch.zeros(
+            (num_tasks, episodes, horizon, envs.obs_dim), dtype=torch.float32, device=device
+        )
+        log_probs = torch.zeros((num_tasks, episodes, horizon), dtype=torch.float32, device=device)
+        rewards = np.zeros((n, horizon), dtype=np.float32)
+        lengths = np.zeros(n, dtype=np.int64)
+        actions: Tensor | None = None
+        noise: Tensor | None = None
+
+        env_observations = envs.reset(tasks, episodes, seed)
+        with torch.inference_mode():
+            for t in range(horizon):
+                active = envs.active
+                if not active.any():
+                    break
+                lengths += active
+                obs = torch.from_numpy(env_observations).to(device).view(num_tasks, episodes, -1)
+                if shared is not None:
+                    dist = distribution(self.policy, shared, obs)
+                else:
+                    dist = per_task_distribution(self.policy, params, obs)
+                if noise is None:
+                    # The distribution type is known after the first forward pass; the noise of
+                    # the whole phase is drawn now, from the phase seed alone.
+                    shape = (num_tasks, episodes, horizon)
+                    noise = action_noise(type(dist), shape, envs.act_dim, seed)
+                    noise = noise.to(device).movedim(2, 0)
+                action = dist.sample(noise[t])
+                if actions is None:
+                    with torch.inference_mode(False):
+                        actions = torch.zeros(
+                            (num_tasks, episodes, horizon, *action.shape[2:]),
+                            dtype=action.dtype,
+                            device=device,
+                        )
+                observations[:, :, t] = obs
+                actions[:, :, t] = action
+                log_probs[:, :, t] = dist.log_prob(action)
+                env_actions = action.reshape(n, *action.shape[2:]).cpu().numpy()
+                env_observations, step_rewards = envs.step(env_actions)
+                rewards[:, t] = step_rewards
+        assert actions is not None  # the first step always runs: every episode starts active
+        lengths_tensor = torch.from_numpy(lengths).view(num_tasks, episodes).to(device)
+        return Trajectories(
+            observations=observations,
+            actions=actions,
+            rewards=torch.from_numpy(rewards).view(num_tasks, episodes, horizon).to(device),
+            log_probs=log_probs,
+            masks=masks_from_lengths(lengths_tensor, horizon),
+            lengths=lengths_tensor,
+        ).validate()
+
+    def close(self) -> None:
+        """Close the environments."""
+        self._envs.close()
+
+
+def _check_request(params: Params, num_tasks: int, episodes_per_task: int, seed: int) -> None:
+    """Raise a ValueError naming what is wrong with a :meth:`Sampler.sample` request."""
+    if num_tasks < 1:
+        raise ValueError("sample() needs at least one task")
+    if episodes_per_task < 1:
+        raise ValueError(f"episodes_per_task must be at least 1, got {episodes_per_task}")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    if not params:
+        raise ValueError("params is empty; pass the policy's parameters stacked per task")
+    for name, tensor in params.items():
+        if tensor.dim() == 0 or tensor.shape[0] != num_tasks:
+            raise ValueError(
+                f"params[{name!r}] has shape {tuple(tensor.shape)}, but params must be stacked "
+                f"per task with a leading axis of len(tasks) = {num_tasks}; for one shared "
+                f"parameter set pass expand_params(params, {num_tasks})"
+            )

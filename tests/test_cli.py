@@ -1,0 +1,164 @@
+"""Smoke tests of the ``rlmaml`` command, run as a subprocess like a user would.
+
+One short sinusoid run is trained once per module and shared; each command costs about a
+second and a half, most of it importing torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rlmaml.runs import checkpoint_steps, read_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = REPO / "experiments" / "sinusoid_quick.yaml"
+# Small enough for a few seconds on a busy machine; validation and checkpoints still happen.
+TINY = (
+    "meta.iterations=20",
+    "meta.meta_batch=5",
+    "meta.vectorize=true",
+    "eval.val_every=10",
+    "eval.val_tasks=5",
+    "run.log_every=5",
+    "run.checkpoint_every=10",
+    "run.progress=false",
+)
+
+
+def rlmaml(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m rlmaml.cli ARGS`` with one torch thread; capture its output."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "rlmaml.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or REPO,
+        timeout=300,
+    )
+
+
+def overrides(*pairs: str) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess[str], *needles: str) -> None:
+    """Non-zero exit and a one-line ``rlmaml ...: error:`` message holding every needle."""
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "error:" in result.stderr, result.stderr
+    for needle in needles:
+        assert needle in result.stderr, result.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 20-iteration sinusoid run folder made by ``rlmaml train``."""
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    result = rlmaml("train", QUICK, "--run-dir", run_dir, *overrides(*TINY))
+    assert result.returncode == 0, result.stderr
+    assert "trained 20 meta-iterations" in result.stdout
+    return run_dir
+
+
+def test_train_leaves_a_complete_run_folder(trained_run: Path) -> None:
+    assert (trained_run / "config.yaml").is_file()
+    assert "iterations: 20" in (trained_run / "config.yaml").read_text()
+    assert checkpoint_steps(trained_run / "checkpoints") == [10, 20]
+    assert (trained_run / "learning_curve.png").stat().st_size > 0
+    assert list((trained_run / "tb").glob("events.out.tfevents.*"))
+    metrics = read_metrics(trained_run)
+    assert metrics["step"] == [5.0, 10.0, 15.0, 20.0]
+    assert "query_loss" in metrics and "val_mse_post" in metrics
+
+
+def test_evaluate_prints_one_json_object(trained_run: Path) -> None:
+    result = rlmaml("evaluate", trained_run, "--steps", "2", "--tasks", "10", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)  # the whole of stdout is one JSON object
+    assert {"metric", "steps", "mean", "ci95", "n_tasks"} <= payload.keys()
+    assert payload["metric"] == "mse"
+    assert payload["steps"] == [0, 1, 2]
+    assert payload["n_tasks"] == 10
+    assert len(payload["mean"]) == len(payload["ci95"]) == 3
+    assert all(c >= 0 for c in payload["ci95"])
+    assert payload["iteration"] == 20
+    assert (trained_run / "eval" / "adaptation.png").stat().st_size > 0
+    assert json.loads((trained_run / "eval" / "adaptation.json").read_text()) == payload
+
+
+def test_resume_continues_to_the_new_iteration_count(trained_run: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run, run_dir)
+    result = rlmaml("train", "--resume", "--run-dir", run_dir, "--set", "meta.iterations=30")
+    assert result.returncode == 0, result.stderr
+    assert "trained 30 meta-iterations" in result.stdout
+    assert checkpoint_steps(run_dir / "checkpoints") == [10, 20, 30]
+    assert read_metrics(run_dir)["step"] == [5.0, 10.0, 15.0, 20.0, 25.0, 30.0]
+    assert "iterations: 30" in (run_dir / "config.yaml").read_text()
+
+
+def test_new_run_in_an_existing_run_folder_is_refused(trained_run: Path) -> None:
+    config_before = (trained_run / "config.yaml").read_text()
+    result = rlmaml("train", QUICK, "--run-dir", trained_run, *overrides(*TINY))
+    assert_clean_failure(result, "already holds a run", "--resume")
+    assert (trained_run / "config.yaml").read_text() == config_before
+
+
+@pytest.mark.parametrize(
+    ("override", "needles"),
+    [
+        ("meta.inner_lrr=0.1", ("meta.inner_lrr", "unknown key", "meta.inner_lr")),
+        ("meta.meta_batch=abc", ("meta.meta_batch", "expected int")),
+        ("omniglot.ways=0", ("omniglot.ways", "must be >= 1")),
+        ("meta.inner_lr=-1", ("meta.inner_lr", "must be > 0")),
+        ("meta.algorithm=maml2", ("meta.algorithm", "must be one of")),
+        ("setting=mnist", ("setting", "sinusoid", "omniglot")),
+    ],
+)
+def test_config_errors_name_the_key(
+    tmp_path: Path, override: str, needles: tuple[str, ...]
+) -> None:
+    run_dir = tmp_path / "run"
+    result = rlmaml("train", QUICK, "--run-dir", run_dir, "--set", override)
+    assert_clean_failure(result, *needles)
+    assert not run_dir.exists()  # nothing is created for a config that does not load
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    result = rlmaml("train", tmp_path / "nope.yaml", cwd=tmp_path)
+    assert_clean_failure(result, "nope.yaml", "does not exist")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_omniglot_directory_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no_omniglot"
+    result = rlmaml(
+        "train",
+        QUICK,
+        "--run-dir",
+        tmp_path / "run",
+        *overrides("setting=omniglot", f"omniglot.root={missing}", *TINY),
+    )
+    assert_clean_failure(result, "images_background.zip", "images_evaluation.zip", str(missing))
+
+
+def test_evaluate_of_a_folder_that_is_not_a_run(tmp_path: Path) -> None:
+    result = rlmaml("evaluate", tmp_path / "typo", "--json")
+    assert_clean_failure(result, "config.yaml", "does not exist")
+    assert result.stdout == ""
+
+
+def test_evaluate_of_a_missing_folder_creates_nothing(tmp_path: Path) -> None:
+    result = rlmaml("evaluate", tmp_path / "typo")
+    assert result.returncode != 0
+    assert not (tmp_path / "typo").exists()
