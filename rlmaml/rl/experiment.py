@@ -37,6 +37,7 @@ from rlmaml.runs.checkpoint import (
     rng_state,
     torch_rng_state,
 )
+from rlmaml.runs.config import ConfigError
 from rlmaml.runs.loop import NonFiniteUpdate, ensure_finite
 from rlmaml.supervised.experiment import AdaptationResult, summarise
 
@@ -50,9 +51,16 @@ PAPER_RETURNS: dict[str, list[float]] = {
 
 
 def make_task_env(config: RLConfig, seed: int) -> gymnasium.Env:
-    """A seeded instance of the task family, used to draw tasks (never stepped)."""
-    env = gymnasium.make(config.env.id, **config.env.kwargs)
-    family = envs.require_task_family(env)
+    """A seeded instance of the task family, used to draw tasks (never stepped).
+
+    Raises:
+        ConfigError: naming ``env.id`` if the id is unknown or the env is not a task family.
+    """
+    try:
+        env = gymnasium.make(config.env.id, **config.env.kwargs)
+        family = envs.require_task_family(env)
+    except (gymnasium.error.Error, TypeError) as error:
+        raise ConfigError(f"env.id: {error}") from error
     env.reset(seed=seed)
     return family
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import gymnasium
 import numpy as np
@@ -42,6 +42,7 @@ from rlmaml.rl.policies import distribution, per_task_distribution
 from rlmaml.rl.trajectories import Trajectories, masks_from_lengths
 
 
+@runtime_checkable
 class Sampler(Protocol):
     """Collects episodes of a meta-batch of tasks, each task acting with its own parameters.
 
@@ -283,10 +284,15 @@ class VectorizedSampler(Sampler):
             run on the CPU.
         use_batched: use the natively batched implementation when the family has one. False
             forces the Gymnasium pool; both give the same trajectories for the same seed.
+        num_threads: torch intra-op threads while sampling (restored afterwards), or None to
+            leave torch's setting alone. The per-step matrix products are small, and splitting
+            them across threads loses badly when the cores are shared with other work (a
+            learner, other runs): on 2 busy cores 2 threads sampled 100 times slower than 1.
 
     Raises:
         ValueError: if ``env_id`` is not registered, has no time limit, or has spaces that are
-            not a flat Box (observations) and a flat Box or Discrete (actions).
+            not a flat Box (observations) and a flat Box or Discrete (actions), or if
+            ``num_threads < 1``.
         TypeError: if the environment is not a task family.
     """
 
@@ -297,8 +303,12 @@ class VectorizedSampler(Sampler):
         env_kwargs: dict[str, Any] | None = None,
         device: torch.device | str = "cpu",
         use_batched: bool = True,
+        num_threads: int | None = 1,
     ) -> None:
+        if num_threads is not None and num_threads < 1:
+            raise ValueError(f"num_threads must be at least 1 or None, got {num_threads}")
         self.env_id = env_id
+        self.num_threads = num_threads
         self.policy = policy
         self.device = torch.device(device)
         env_kwargs = dict(env_kwargs or {})
@@ -324,8 +334,21 @@ class VectorizedSampler(Sampler):
             ValueError: if ``tasks`` is empty, the parameters' task axis is not ``len(tasks)``,
                 ``episodes_per_task < 1`` or ``seed`` is negative.
         """
+        _check_request(params, len(tasks), episodes_per_task, seed)
+        threads = torch.get_num_threads()
+        if self.num_threads is None or self.num_threads == threads:
+            return self._rollout(params, tasks, episodes_per_task, seed)
+        torch.set_num_threads(self.num_threads)
+        try:
+            return self._rollout(params, tasks, episodes_per_task, seed)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _rollout(
+        self, params: Params, tasks: Sequence[Task], episodes_per_task: int, seed: int
+    ) -> Trajectories:
+        """:meth:`sample` after its checks, with torch's thread count already set."""
         num_tasks = len(tasks)
-        _check_request(params, num_tasks, episodes_per_task, seed)
         shared = _shared_params(params, num_tasks)
         if shared is not None:
             shared = {name: t.to(self.device) for name, t in shared.items()}
@@ -360,7 +383,7 @@ class VectorizedSampler(Sampler):
                     # the whole phase is drawn now, from the phase seed alone.
                     shape = (num_tasks, episodes, horizon)
                     noise = action_noise(type(dist), shape, envs.act_dim, seed)
-                    noise = noise.to(device).movedim(2, 0)
+                    noise = noise.to(device).movedim(2, 0).contiguous()
                 action = dist.sample(noise[t])
                 if actions is None:
                     with torch.inference_mode(False):

@@ -1,0 +1,105 @@
+"""Meta-RL runs end to end on Navigation2D, with tiny budgets."""
+
+import pytest
+import torch
+
+from rlmaml.rl.config import RLConfig
+from rlmaml.rl.experiment import RLExperiment
+from rlmaml.runs import ConfigError, RunDir, load_config
+from rlmaml.runs.loop import LoopSettings, NonFiniteUpdate, run_training
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _config(*overrides):
+    return load_config(
+        RLConfig,
+        data={"setting": "rl"},
+        overrides=[
+            "meta.meta_batch=6",
+            "meta.episodes=6",
+            "meta.cg_iters=4",
+            "policy.hidden=[32, 32]",
+            "eval.tasks=12",
+            "eval.episodes=6",
+            "run.progress=false",
+            *overrides,
+        ],
+    )
+
+
+def _train(config, path, iterations):
+    experiment = RLExperiment(config)
+    try:
+        run_training(experiment, RunDir(path), LoopSettings(iterations, progress=False), False)
+        return {k: v.detach().clone() for k, v in experiment.params.items()}, experiment
+    finally:
+        experiment.close()
+
+
+def test_a_seeded_run_is_reproducible(tmp_path):
+    first, _ = _train(_config(), tmp_path / "a", 2)
+    second, _ = _train(_config(), tmp_path / "b", 2)
+    for name in first:
+        assert torch.equal(first[name], second[name]), name
+    third, _ = _train(_config("seed=1"), tmp_path / "c", 2)
+    assert any(not torch.equal(first[n], third[n]) for n in first)
+
+
+def test_meta_training_makes_one_step_adaptation_pay_off(tmp_path):
+    """After a few TRPO meta-iterations, one inner step clearly raises the held-out return."""
+    config = _config("meta.meta_batch=10", "meta.episodes=10", "eval.episodes=10")
+    _, experiment = _train(config, tmp_path / "trpo", 10)
+    result = experiment.evaluate(steps=1, n_tasks=12)
+    assert result.steps == [0, 1]
+    assert result.mean[1] > result.mean[0] + 5.0, result
+
+
+@pytest.mark.parametrize("optimizer", ["ppo", "adam"])
+def test_other_outer_optimizers_update_the_policy(tmp_path, optimizer):
+    before, _ = _train(_config(f"meta.optimizer={optimizer}"), tmp_path / "zero", 0)
+    after, _ = _train(_config(f"meta.optimizer={optimizer}"), tmp_path / optimizer, 2)
+    assert all(torch.isfinite(t).all() for t in after.values())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_first_order_runs_and_differs_from_second_order(tmp_path):
+    second, _ = _train(_config(), tmp_path / "so", 1)
+    first, _ = _train(_config("meta.first_order=true"), tmp_path / "fo", 1)
+    assert any(not torch.equal(first[n], second[n]) for n in first)
+
+
+def test_a_nan_policy_update_is_refused(tmp_path):
+    experiment = RLExperiment(_config())
+    try:
+        with torch.no_grad():
+            experiment.params["log_std"].fill_(float("nan"))
+        with pytest.raises(NonFiniteUpdate):
+            experiment.train_iteration(0)
+    finally:
+        experiment.close()
+
+
+@pytest.mark.parametrize(
+    ("env_id", "message"),
+    [("rlmaml/Nowhere-v0", "Nowhere"), ("CartPole-v1", "sample_tasks")],
+)
+def test_a_bad_env_fails_at_start_naming_it(env_id, message):
+    with pytest.raises(ConfigError, match=f"env.id.*{message}"):
+        RLExperiment(_config(f"env.id={env_id}"))
+
+
+def test_evaluation_follows_the_paper_protocol(tmp_path):
+    _, experiment = _train(_config(), tmp_path / "e", 1)
+    result = experiment.evaluate(steps=3, n_tasks=5)
+    assert result.steps == [0, 1, 2, 3]
+    assert result.n_tasks == 5
+    assert all(c >= 0 for c in result.ci95)
+    again = experiment.evaluate(steps=3, n_tasks=5)
+    assert again.mean == result.mean
