@@ -83,9 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     bench = commands.add_parser("bench", help="speed benchmarks against other libraries")
-    bench.add_argument("what", choices=["supervised"])
+    bench.add_argument("what", choices=["supervised", "rl"])
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--repeats", type=int, default=20, help="timed meta-iterations per case")
+    bench.add_argument("--repeats", type=int, default=10, help="timed meta-iterations per case")
     bench.set_defaults(handler=_bench)
     return parser
 
@@ -197,6 +197,10 @@ def _table(result: AdaptationResult, reference: dict[str, tuple[list[int], list[
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "rl":
+        from rlmaml.bench.rl import main as bench_rl
+
+        return bench_rl(repeats=args.repeats, as_json=args.json)
     from rlmaml.bench.supervised import main as bench_supervised
 
     return bench_supervised(repeats=args.repeats, as_json=args.json)

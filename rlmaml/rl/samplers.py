@@ -124,16 +124,15 @@ def action_noise(
 def _space_sizes(env: gymnasium.Env) -> tuple[int, int]:
     """``(obs_dim, act_dim)`` of ``env``, checking the spaces are ones a sampler can batch."""
     obs_space, act_space = env.observation_space, env.action_space
+    name = env.spec.id if env.spec is not None else type(env.unwrapped).__qualname__
     if not isinstance(obs_space, spaces.Box) or len(obs_space.shape) != 1:
-        raise ValueError(
-            f"samplers need a flat Box observation space, got {obs_space} for {env.spec}"
-        )
+        raise ValueError(f"samplers need a flat Box observation space, got {obs_space} for {name}")
     if isinstance(act_space, spaces.Box) and len(act_space.shape) == 1:
         return obs_space.shape[0], act_space.shape[0]
     if isinstance(act_space, spaces.Discrete):
         return obs_space.shape[0], 1
     raise ValueError(
-        f"samplers need a flat Box or a Discrete action space, got {act_space} for {env.spec}"
+        f"samplers need a flat Box or a Discrete action space, got {act_space} for {name}"
     )
 
 
@@ -252,14 +251,14 @@ class _GymnasiumEnvs:
         self._families.clear()
 
 
-def _shared_params(params: Params, num_tasks: int) -> Params | None:
-    """The one parameter set behind ``params`` if every task uses it, else None.
+def _shared_params(params: Params) -> Params | None:
+    """The one parameter set behind ``params`` if they come from ``expand_params``, else None.
 
-    Recognises ``expand_params`` output (stride 0 along the task axis) and single-task stacks,
-    so that shared parameters skip ``vmap`` with one plain forward pass (same results, less
-    overhead).
+    ``expand_params`` output has stride 0 along the task axis (as do slices of it that a
+    backend hands to a worker); such shared parameters skip ``vmap`` and act with one plain
+    forward pass, which gives the same numbers up to rounding at a fraction of the overhead.
     """
-    if num_tasks == 1 or all(t.stride(0) == 0 for t in params.values()):
+    if all(t.stride(0) == 0 for t in params.values()):
         return {name: t[0] for name, t in params.items()}
     return None
 
@@ -349,7 +348,7 @@ class VectorizedSampler(Sampler):
     ) -> Trajectories:
         """:meth:`sample` after its checks, with torch's thread count already set."""
         num_tasks = len(tasks)
-        shared = _shared_params(params, num_tasks)
+        shared = _shared_params(params)
         if shared is not None:
             shared = {name: t.to(self.device) for name, t in shared.items()}
         else:
