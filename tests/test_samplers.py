@@ -1,0 +1,280 @@
+"""Tests of the sampler interface and the in-process VectorizedSampler: shapes and masks, seeding
+and backend independence, per-task parameters, log-probabilities and Navigation2D rewards."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+import envs
+from rlmaml.core.params import expand_params, module_params, stack_params
+from rlmaml.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, per_task_distribution
+from rlmaml.rl.samplers import Sampler, VectorizedSampler, episode_seeds
+from rlmaml.rl.trajectories import Trajectories
+
+NAV_ID = "rlmaml/Navigation2D-v0"
+COUNTDOWN_ID = "rlmaml_test/Countdown-v0"
+COUNTDOWN_HORIZON = 6
+
+
+class CountdownEnv(gymnasium.Env[np.ndarray, Any]):
+    """A task family whose episodes terminate after ``task["length"]`` steps.
+
+    Observation: ``(steps taken, u)`` with ``u`` drawn from ``np_random`` at reset, so the
+    observations reveal each episode's reset seed. Reward after step ``k`` (1-based) is ``k``.
+    """
+
+    def __init__(self, discrete: bool = False) -> None:
+        self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
+        self.action_space = (
+            spaces.Discrete(3) if discrete else spaces.Box(-1.0, 1.0, (1,), np.float32)
+        )
+        self._length: int | None = None
+        self._steps = 0
+        self._u = 0.0
+
+    def sample_tasks(self, n: int) -> list[dict]:
+        return [{"length": int(k)} for k in self.np_random.integers(1, 10, size=n)]
+
+    def set_task(self, task: dict) -> None:
+        self._length = int(task["length"])
+
+    @property
+    def task(self) -> dict | None:
+        return None if self._length is None else {"length": self._length}
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self._steps, self._u], dtype=np.float32)
+
+    def reset(
+        self, *, seed: int | None = None, options: dict | None = None
+    ) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self._steps = 0
+        self._u = float(self.np_random.uniform())
+        return self._obs(), {}
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict]:
+        assert self._length is not None and self._steps < self._length, "stepped after the end"
+        self._steps += 1
+        return self._obs(), float(self._steps), self._steps == self._length, False, {}
+
+
+if COUNTDOWN_ID not in gymnasium.registry:
+    gymnasium.register(COUNTDOWN_ID, entry_point=CountdownEnv, max_episode_steps=COUNTDOWN_HORIZON)
+
+
+def make_policy(obs_dim: int = 2, act_dim: int = 2, seed: int = 0) -> GaussianMLPPolicy:
+    torch.manual_seed(seed)
+    return GaussianMLPPolicy(obs_dim, act_dim, hidden=(16, 16))
+
+
+def detached(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.detach() for name, p in module_params(policy).items()}
+
+
+def distinct_params(policy: torch.nn.Module, num_tasks: int) -> dict[str, torch.Tensor]:
+    """A stack of ``num_tasks`` different parameter sets around the policy's own."""
+    theta = detached(policy)
+    return stack_params([{k: v + 0.05 * i for k, v in theta.items()} for i in range(num_tasks)])
+
+
+def nav_tasks(n: int, seed: int = 0) -> list[dict]:
+    env = gymnasium.make(NAV_ID)
+    env.reset(seed=seed)
+    return envs.require_task_family(env).sample_tasks(n)
+
+
+def assert_identical(a: Trajectories, b: Trajectories) -> None:
+    for name, x, y in zip(Trajectories._fields, a, b, strict=True):
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+
+
+def test_navigation_shapes_dtypes_and_full_length_episodes() -> None:
+    policy = make_policy()
+    with VectorizedSampler(NAV_ID, policy) as sampler:
+        assert isinstance(sampler, Sampler) and sampler.horizon == 100
+        traj = sampler.sample(expand_params(detached(policy), 3), nav_tasks(3), 4, seed=0)
+    assert traj.observations.shape == (3, 4, 100, 2) and traj.actions.shape == (3, 4, 100, 2)
+    for name in ("observations", "actions", "rewards", "log_probs", "masks"):
+        assert getattr(traj, name).dtype == torch.float32, name
+    assert traj.lengths.dtype == torch.int64
+    # Ordinary tensors (not inference tensors), so losses can differentiate through them.
+    assert not any(field.is_inference() for field in traj)
+    # A goal within 0.01 per axis is practically never hit by a random policy: no early ends.
+    assert torch.equal(traj.lengths, torch.full((3, 4), 100))
+    assert torch.equal(traj.observations[:, :, 0], torch.zeros(3, 4, 2))
+
+
+@pytest.mark.parametrize("use_batched", [True, False])
+def test_navigation_rewards_are_minus_the_distance_to_the_goal(use_batched: bool) -> None:
+    policy = make_policy()
+    tasks = nav_tasks(3)
+    # A generous tolerance makes some episodes end early, so masking is exercised too.
+    kwargs = {"goal_tolerance": 0.15}
+    with VectorizedSampler(NAV_ID, policy, kwargs, use_batched=use_batched) as sampler:
+        traj = sampler.sample(expand_params(detached(policy), 3), tasks, 5, seed=1)
+    assert (traj.lengths < 100).any() and (traj.lengths == 100).any()
+    goals = torch.tensor([task["goal"] for task in tasks]).view(3, 1, 1, 2)
+    after_step = traj.observations + traj.actions.clamp(-0.1, 0.1)
+    expected = -(after_step.double() - goals).norm(dim=-1)
+    valid = traj.masks.bool()
+    torch.testing.assert_close(traj.rewards[valid].double(), expected[valid])
+    assert torch.all(traj.rewards[~valid] == 0)
+    # The observation of step t + 1 is the position reached by step t.
+    inner = valid[:, :, 1:]
+    torch.testing.assert_close(traj.observations[:, :, 1:][inner], after_step[:, :, :-1][inner])
+
+
+def test_masks_follow_task_dependent_termination() -> None:
+    policy = make_policy(act_dim=1)
+    tasks = [{"length": 2}, {"length": COUNTDOWN_HORIZON}, {"length": 9}]
+    with VectorizedSampler(COUNTDOWN_ID, policy) as sampler:
+        assert sampler.horizon == COUNTDOWN_HORIZON
+        traj = sampler.sample(expand_params(detached(policy), 3), tasks, 2, seed=0)
+    assert traj.lengths.tolist() == [[2, 2], [6, 6], [6, 6]]
+    steps = torch.arange(COUNTDOWN_HORIZON, dtype=torch.float32)
+    # Observations count the steps taken; rewards are 1, 2, ... up to the end, then 0.
+    torch.testing.assert_close(traj.observations[1, :, :, 0], steps.expand(2, -1))
+    torch.testing.assert_close(traj.rewards, (steps + 1) * traj.masks)
+    assert torch.equal(traj.masks[0, 0], torch.tensor([1.0, 1, 0, 0, 0, 0]))
+
+
+def test_episode_reset_seeds_depend_only_on_seed_task_and_episode() -> None:
+    policy = make_policy(act_dim=1)
+    tasks = [{"length": 3}, {"length": 3}]
+    with VectorizedSampler(COUNTDOWN_ID, policy) as sampler:
+
+        def reset_draws(episodes: int, seed: int) -> torch.Tensor:
+            params = expand_params(detached(policy), 2)
+            return sampler.sample(params, tasks, episodes, seed).observations[:, :, 0, 1]
+
+        u = reset_draws(3, seed=5)
+        assert len(set(u.flatten().tolist())) == 6
+        assert torch.equal(reset_draws(2, seed=5), u[:, :2])
+        assert not torch.equal(reset_draws(3, seed=6), u)
+    seeds = episode_seeds(5, 2, 3)
+    assert seeds.shape == (2, 3) and np.array_equal(episode_seeds(5, 2, 2), seeds[:, :2])
+
+
+def test_same_seed_same_trajectories_and_different_seed_different() -> None:
+    policy = make_policy()
+    tasks = nav_tasks(2)
+    params = distinct_params(policy, 2)
+    with VectorizedSampler(NAV_ID, policy) as sampler:
+        first = sampler.sample(params, tasks, 3, seed=11)
+        assert_identical(first, sampler.sample(params, tasks, 3, seed=11))
+        other = sampler.sample(params, tasks, 3, seed=12)
+    assert not torch.equal(first.actions, other.actions)
+    with VectorizedSampler(NAV_ID, policy) as fresh:
+        assert_identical(first, fresh.sample(params, tasks, 3, seed=11))
+
+
+def test_batched_and_gymnasium_paths_give_identical_trajectories() -> None:
+    policy = make_policy()
+    tasks = nav_tasks(3)
+    params = distinct_params(policy, 3)
+    kwargs = {"goal_tolerance": 0.15}
+    with (
+        VectorizedSampler(NAV_ID, policy, kwargs) as batched,
+        VectorizedSampler(NAV_ID, policy, kwargs, use_batched=False) as generic,
+    ):
+        a = batched.sample(params, tasks, 4, seed=3)
+        b = generic.sample(params, tasks, 4, seed=3)
+        # The generic pool is reused (and grown) across phases.
+        c = generic.sample(params, tasks, 2, seed=3)
+        d = generic.sample(params, tasks, 4, seed=3)
+    assert (a.lengths < 100).any()
+    assert_identical(a, b)
+    assert_identical(a, d)
+    assert c.num_episodes == 2
+
+
+def test_per_task_parameters_are_used() -> None:
+    policy = make_policy()
+    tasks = nav_tasks(1) * 2
+    theta = detached(policy)
+    shifted = dict(theta)
+    shifted["mean.4.bias"] = theta["mean.4.bias"] + 100.0
+    with VectorizedSampler(NAV_ID, policy) as sampler:
+        shared = sampler.sample(expand_params(theta, 2), tasks, 3, seed=0)
+        mixed = sampler.sample(stack_params([theta, shifted]), tasks, 3, seed=0)
+    assert torch.all(mixed.actions[1] > 50) and torch.all(mixed.actions[0].abs() < 50)
+    # Task 0 is unaffected by task 1's parameters (up to the rounding of other batch shapes).
+    for x, y in zip(shared, mixed, strict=True):
+        torch.testing.assert_close(x[0], y[0])
+
+
+def test_shared_and_stacked_copies_of_one_parameter_set_agree() -> None:
+    policy = make_policy()
+    tasks = nav_tasks(4)
+    theta = detached(policy)
+    with VectorizedSampler(NAV_ID, policy) as sampler:
+        expanded = sampler.sample(expand_params(theta, 4), tasks, 2, seed=4)
+        stacked = sampler.sample(stack_params([theta] * 4), tasks, 2, seed=4)
+    for x, y in zip(expanded, stacked, strict=True):
+        torch.testing.assert_close(x, y)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_log_probs_are_those_of_the_recorded_actions(shared: bool) -> None:
+    policy = make_policy()
+    params = expand_params(detached(policy), 2) if shared else distinct_params(policy, 2)
+    with VectorizedSampler(NAV_ID, policy) as sampler:
+        traj = sampler.sample(params, nav_tasks(2), 3, seed=2)
+    with torch.no_grad():
+        dist = per_task_distribution(policy, params, traj.observations.flatten(1, 2))
+        expected = dist.log_prob(traj.actions.flatten(1, 2)).view_as(traj.log_probs)
+    valid = traj.masks.bool()
+    torch.testing.assert_close(traj.log_probs[valid], expected[valid])
+
+
+def test_discrete_actions_with_a_categorical_policy() -> None:
+    torch.manual_seed(0)
+    policy = CategoricalMLPPolicy(obs_dim=2, n_actions=3, hidden=(8,))
+    params = expand_params(detached(policy), 2)
+    tasks = [{"length": 4}, {"length": 1}]
+    with VectorizedSampler(COUNTDOWN_ID, policy, {"discrete": True}) as sampler:
+        traj = sampler.sample(params, tasks, 5, seed=0)
+    assert traj.discrete_actions and traj.actions.dtype == torch.int64
+    assert traj.lengths.tolist() == [[4] * 5, [1] * 5]
+    assert set(traj.actions.unique().tolist()) <= {0, 1, 2}
+    with torch.no_grad():
+        dist = per_task_distribution(policy, params, traj.observations.flatten(1, 2))
+        expected = dist.log_prob(traj.actions.flatten(1, 2)).view_as(traj.log_probs)
+    valid = traj.masks.bool()
+    torch.testing.assert_close(traj.log_probs[valid], expected[valid])
+
+
+def test_thread_count_is_restored_after_sampling() -> None:
+    policy = make_policy()
+    before = torch.get_num_threads()
+    with VectorizedSampler(NAV_ID, policy, num_threads=1) as sampler:
+        sampler.sample(expand_params(detached(policy), 1), nav_tasks(1), 1, seed=0)
+    assert torch.get_num_threads() == before
+
+
+def test_invalid_requests_raise_clear_errors() -> None:
+    policy = make_policy()
+    theta = detached(policy)
+    tasks = nav_tasks(2)
+    with VectorizedSampler(NAV_ID, policy) as sampler:
+        with pytest.raises(ValueError, match="leading axis of len"):
+            sampler.sample(expand_params(theta, 3), tasks, 1, seed=0)
+        with pytest.raises(ValueError, match="leading axis of len"):
+            sampler.sample(theta, tasks, 1, seed=0)
+        with pytest.raises(ValueError, match="episodes_per_task"):
+            sampler.sample(expand_params(theta, 2), tasks, 0, seed=0)
+        with pytest.raises(ValueError, match="seed"):
+            sampler.sample(expand_params(theta, 2), tasks, 1, seed=-1)
+        with pytest.raises(ValueError, match="at least one task"):
+            sampler.sample(expand_params(theta, 2), [], 1, seed=0)
+    with pytest.raises(ValueError, match="not a registered Gymnasium id"):
+        VectorizedSampler("rlmaml/NoSuchEnv-v0", policy)
+    with pytest.raises(ValueError, match="num_threads"):
+        VectorizedSampler(NAV_ID, policy, num_threads=0)
