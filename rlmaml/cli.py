@@ -15,7 +15,14 @@ from pathlib import Path
 import yaml
 
 from rlmaml.rl.config import RLConfig
-from rlmaml.runs import ConfigError, RunDir, latest_checkpoint, load_config, save_config
+from rlmaml.runs import (
+    ConfigError,
+    RunDir,
+    latest_checkpoint,
+    load_config,
+    read_metrics,
+    save_config,
+)
 from rlmaml.runs.loop import TrainingDiverged, run_training
 from rlmaml.runs.plots import plot_adaptation_curve, plot_learning_curves
 from rlmaml.supervised.config import SupervisedConfig
@@ -135,9 +142,24 @@ def _train(args: argparse.Namespace) -> int:
         done = run_training(experiment, run, settings, resume=args.resume)
     finally:
         experiment.close()
-    curve = plot_learning_curves(run.path)
-    print(f"trained {done} meta-iterations; run folder {run.path}; learning curve {curve}")
+    curves = _plot_run(run, experiment.progress_keys)
+    print(f"trained {done} meta-iterations; run folder {run.path}; plots {', '.join(curves)}")
     return 0
+
+
+def _plot_run(run: RunDir, headline: Sequence[str]) -> list[str]:
+    """Learning curves against iterations, and the headline metrics against wall time."""
+    metrics = read_metrics(run.path)
+    columns = [c for c in metrics if c not in ("step", "wall_time") and not c.endswith("_s")]
+    paths = [plot_learning_curves(run.path, columns=columns)]
+    timed = [c for c in headline if c in metrics]
+    if timed:
+        paths.append(
+            plot_learning_curves(
+                run.path, columns=timed, x="wall_time", out=run.path / "curve_vs_time.png"
+            )
+        )
+    return [str(p) for p in paths]
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlmaml.supervised import OmniglotData, load_omniglot
 
@@ -28,3 +29,12 @@ def omniglot_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def omniglot_data(omniglot_dir: Path, omniglot_cache_dir: Path) -> OmniglotData:
     """The full data set at 28x28, decoded once per session (about 5 s on one core)."""
     return load_omniglot(omniglot_dir, cache_dir=omniglot_cache_dir)
+
+
+@pytest.fixture
+def float64():
+    """Double precision for gradient checks; the default dtype is restored afterwards."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

@@ -16,14 +16,7 @@ from rlmaml.core import (
     unstack_params,
 )
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    """Gradient checks in double precision; the default dtype is restored for other modules."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _linear_regression_tasks(n_tasks=4, n=6, dim=3, seed=0):

@@ -10,13 +10,7 @@ from rlmaml.rl.maml import OuterBatch, PolicyMAML
 from rlmaml.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, per_task_distribution
 from rlmaml.rl.trpo import TRPOSettings, conjugate_gradient, trpo_step
 
-
-@pytest.fixture(autouse=True)
-def _float64():
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(previous)
+pytestmark = pytest.mark.usefixtures("float64")
 
 
 def _batch(tasks, episodes, horizon, obs_dim, act_dim, seed):

@@ -91,18 +91,6 @@ class MetaLearner:
             state.update({f"inner_lr/{n}": p for n, p in self.inner_lrs.items()})
         return state
 
-    def load_state_tensors(self, tensors: dict[str, Tensor]) -> None:
-        """Copy checkpointed meta-parameters (from :meth:`state_tensors`) into place."""
-        own = self.state_tensors()
-        missing, unexpected = own.keys() - tensors.keys(), tensors.keys() - own.keys()
-        if missing or unexpected:
-            raise KeyError(
-                f"checkpoint mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
-            )
-        with torch.no_grad():
-            for name, tensor in own.items():
-                tensor.copy_(tensors[name])
-
     def step_size(self) -> StepSize:
         """The inner step size: a float, or Meta-SGD's per-parameter tensors."""
         return self._inner_lr if self.inner_lrs is None else self.inner_lrs

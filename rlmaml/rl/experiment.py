@@ -29,16 +29,9 @@ from rlmaml.rl.returns import discounted_returns, gae, normalize_advantages
 from rlmaml.rl.samplers import VectorizedSampler
 from rlmaml.rl.trajectories import Trajectories
 from rlmaml.rl.trpo import TRPOSettings, trpo_step
-from rlmaml.runs.checkpoint import (
-    load_optimizer_state,
-    optimizer_state_to_tensors,
-    restore_rng,
-    restore_torch_rng,
-    rng_state,
-    torch_rng_state,
-)
 from rlmaml.runs.config import ConfigError
 from rlmaml.runs.loop import NonFiniteUpdate, ensure_finite
+from rlmaml.runs.state import capture_state, restore_state
 from rlmaml.supervised.experiment import AdaptationResult, summarise
 
 # Held-out tasks come from their own stream of the run seed, never the training one.
@@ -249,30 +242,23 @@ class RLExperiment:
         return per_task_distribution(self.policy, stacked, observations)
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        tensors = {f"params/{k}": v for k, v in self.params.items()}
-        tensors["rng/torch"] = torch_rng_state()
-        metadata: dict[str, Any] = {
-            "numpy_rng": rng_state(self.rng),
-            "task_rng": rng_state(self.task_env.np_random),
-        }
-        if self.optimizer is not None:
-            optim_tensors, metadata["optimizer"] = optimizer_state_to_tensors(self.optimizer)
-            tensors.update({f"optimizer/{k}": v for k, v in optim_tensors.items()})
-        return tensors, metadata
+        return capture_state(self._named_params(), self.optimizer, self._generators())
 
     def load_state(self, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(tensors[f"params/{name}"])
-        restore_torch_rng(tensors["rng/torch"])
-        restore_rng(self.rng, metadata["numpy_rng"])
-        restore_rng(self.task_env.np_random, metadata["task_rng"])
-        if self.optimizer is not None:
-            prefix = "optimizer/"
-            optim = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-            load_optimizer_state(self.optimizer, optim, metadata["optimizer"])
-            for group in self.optimizer.param_groups:  # the config may lower it on resume
-                group["lr"] = self.config.meta.outer_lr
+        restore_state(
+            tensors,
+            metadata,
+            self._named_params(),
+            self.optimizer,
+            self._generators(),
+            learning_rate=self.config.meta.outer_lr,
+        )
+
+    def _named_params(self) -> dict[str, Tensor]:
+        return {f"params/{name}": p for name, p in self.params.items()}
+
+    def _generators(self) -> dict[str, np.random.Generator]:
+        return {"seeds": self.rng, "tasks": self.task_env.np_random}
 
     # -- evaluation ----------------------------------------------------------------------
     def evaluate(self, steps: int, n_tasks: int) -> AdaptationResult:

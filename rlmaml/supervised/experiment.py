@@ -12,15 +12,8 @@ import torch
 from torch import Tensor
 
 from rlmaml.core import MetaLearner, adaptation_curve, detach_step_size
-from rlmaml.runs.checkpoint import (
-    load_optimizer_state,
-    optimizer_state_to_tensors,
-    restore_rng,
-    restore_torch_rng,
-    rng_state,
-    torch_rng_state,
-)
 from rlmaml.runs.loop import ensure_finite
+from rlmaml.runs.state import capture_state, restore_state
 from rlmaml.supervised.config import SupervisedConfig
 from rlmaml.supervised.problems import Problem, build_problem
 from rlmaml.supervised.tasks import TaskBatch
@@ -120,29 +113,20 @@ class SupervisedExperiment:
         return values
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        optim_tensors, optim_meta = optimizer_state_to_tensors(self.optimizer)
-        tensors = {
-            **self.learner.state_tensors(),
-            **{f"optimizer/{k}": v for k, v in optim_tensors.items()},
-            "rng/torch": torch_rng_state(),
-        }
-        metadata = {
-            "optimizer": optim_meta,
-            "numpy_rng": rng_state(self.rng),
-            "vectorize": self.learner.vectorize,
-        }
-        return tensors, metadata
+        tensors, metadata = capture_state(
+            self.learner.state_tensors(), self.optimizer, {"tasks": self.rng}
+        )
+        return tensors, {**metadata, "vectorize": self.learner.vectorize}
 
     def load_state(self, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
-        own = self.learner.state_tensors().keys()
-        self.learner.load_state_tensors({k: v for k, v in tensors.items() if k in own})
-        prefix = "optimizer/"
-        optim = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        load_optimizer_state(self.optimizer, optim, metadata["optimizer"])
-        for group in self.optimizer.param_groups:  # the config may lower it on resume
-            group["lr"] = self.config.meta.meta_lr
-        restore_rng(self.rng, metadata["numpy_rng"])
-        restore_torch_rng(tensors["rng/torch"])
+        restore_state(
+            tensors,
+            metadata,
+            self.learner.state_tensors(),
+            self.optimizer,
+            {"tasks": self.rng},
+            learning_rate=self.config.meta.meta_lr,
+        )
         self.learner.vectorize = metadata["vectorize"]
 
     # -- evaluation ----------------------------------------------------------------------
