@@ -42,6 +42,12 @@ _FAMILIES: tuple[TaskFamilySpec, ...] = (
         100,
         "envs.navigation:BatchedNavigation2D",
     ),
+    TaskFamilySpec("rlmaml/HalfCheetahVel-v0", "envs.cheetah:HalfCheetahVelEnv", 200),
+    TaskFamilySpec("rlmaml/HalfCheetahDir-v0", "envs.cheetah:HalfCheetahDirEnv", 200),
+    TaskFamilySpec("rlmaml/AntVel-v0", "envs.ant:AntVelEnv", 200),
+    TaskFamilySpec("rlmaml/AntDir-v0", "envs.ant:AntDirEnv", 200),
+    TaskFamilySpec("rlmaml/AntGoal-v0", "envs.ant:AntGoalEnv", 200),
+    TaskFamilySpec("rlmaml/HumanoidDir-v0", "envs.humanoid:HumanoidDirEnv", 200),
 )
 
 TASK_FAMILY_IDS: tuple[str, ...] = tuple(family.id for family in _FAMILIES)
