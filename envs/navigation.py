@@ -25,9 +25,10 @@ from gymnasium import spaces
 from envs.protocol import Task
 
 
-def _clip_action(action: Any, max_action: float) -> np.ndarray:
-    """``action`` as float32, clipped to ``[-max_action, max_action]`` per coordinate."""
-    return np.clip(np.asarray(action, dtype=np.float32), -max_action, max_action)
+def _displacement(action: Any, max_action: float, action_scale: float) -> np.ndarray:
+    """``action_scale * action`` as float32, clipped to ``[-max_action, max_action]``."""
+    scaled = np.asarray(action, dtype=np.float32) * np.float32(action_scale)
+    return np.clip(scaled, -max_action, max_action)
 
 
 def _reward_and_reached(
@@ -77,14 +78,18 @@ class Navigation2DEnv(gymnasium.Env[np.ndarray, np.ndarray]):
     an episode for the new goal.
 
     The paper's code wraps the env in rllab's ``normalize``, which maps policy actions from
-    ``[-1, 1]`` to this box; ``gymnasium.wrappers.RescaleAction(env, -1.0, 1.0)`` does the same.
+    ``[-1, 1]`` to the displacement box; ``action_scale=0.1`` does the same here (the action
+    space becomes ``Box(-1, 1)`` and a policy's unit noise a displacement of 0.1), which matters
+    for the paper's inner step size.
 
     Args:
         goal_low: lower bound of each goal coordinate when sampling tasks.
         goal_high: upper bound of each goal coordinate when sampling tasks.
-        max_action: bound on each action coordinate (the action box is symmetric).
+        max_action: bound on each displacement coordinate.
         goal_tolerance: per-axis distance below which the goal counts as reached.
         task: the initial task; None lets the first ``reset`` draw one.
+        action_scale: the displacement is ``clip(action_scale * action, -max_action,
+            max_action)``; the action space is ``Box(-max_action / action_scale, ...)``.
     """
 
     metadata = {"render_modes": []}
@@ -96,20 +101,23 @@ class Navigation2DEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         max_action: float = 0.1,
         goal_tolerance: float = 0.01,
         task: Task | None = None,
+        action_scale: float = 1.0,
     ) -> None:
         if not goal_low < goal_high:
             raise ValueError(f"need goal_low < goal_high, got {goal_low} and {goal_high}")
-        if max_action <= 0 or goal_tolerance <= 0:
+        if max_action <= 0 or goal_tolerance <= 0 or action_scale <= 0:
             raise ValueError(
-                f"max_action and goal_tolerance must be positive, got {max_action} and "
-                f"{goal_tolerance}"
+                "max_action, goal_tolerance and action_scale must be positive, got "
+                f"{max_action}, {goal_tolerance} and {action_scale}"
             )
         self.goal_low = float(goal_low)
         self.goal_high = float(goal_high)
         self.max_action = float(max_action)
         self.goal_tolerance = float(goal_tolerance)
+        self.action_scale = float(action_scale)
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
-        self.action_space = spaces.Box(-self.max_action, self.max_action, (2,), np.float32)
+        bound = self.max_action / self.action_scale
+        self.action_space = spaces.Box(-bound, bound, (2,), np.float32)
         self._position = np.zeros(2, dtype=np.float32)
         self._goal: np.ndarray | None = None
         if task is not None:
@@ -158,10 +166,11 @@ class Navigation2DEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         return self._position.copy(), {}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Move by the clipped ``action``; reward and termination use the new position."""
+        """Move by the scaled, clipped ``action``; reward and termination use the new position."""
         if self._goal is None:
             raise RuntimeError("Navigation2DEnv.step() called before reset()")
-        self._position = self._position + _clip_action(action, self.max_action)
+        move = _displacement(action, self.max_action, self.action_scale)
+        self._position = self._position + move
         reward, reached = _reward_and_reached(self._position, self._goal, self.goal_tolerance)
         return self._position.copy(), float(reward), bool(reached), False, {}
 
@@ -183,20 +192,26 @@ class BatchedNavigation2D:
     sets it.
 
     Args:
-        max_action: bound on each action coordinate; actions are clipped to it.
+        max_action: bound on each displacement coordinate.
         goal_tolerance: per-axis distance below which the goal counts as reached.
         horizon: number of steps after which every running copy is truncated.
+        action_scale: displacement ``clip(action_scale * action, -max_action, max_action)``.
     """
 
     def __init__(
-        self, max_action: float = 0.1, goal_tolerance: float = 0.01, horizon: int = 100
+        self,
+        max_action: float = 0.1,
+        goal_tolerance: float = 0.01,
+        horizon: int = 100,
+        action_scale: float = 1.0,
     ) -> None:
-        if max_action <= 0 or goal_tolerance <= 0 or horizon < 1:
+        if max_action <= 0 or goal_tolerance <= 0 or horizon < 1 or action_scale <= 0:
             raise ValueError(
-                "max_action and goal_tolerance must be positive and horizon at least 1, got "
-                f"{max_action}, {goal_tolerance} and {horizon}"
+                "max_action, goal_tolerance and action_scale must be positive and horizon at "
+                f"least 1, got {max_action}, {goal_tolerance}, {action_scale} and {horizon}"
             )
         self.max_action = float(max_action)
+        self.action_scale = float(action_scale)
         self.goal_tolerance = float(goal_tolerance)
         self.horizon = int(horizon)
         self._goals = np.zeros((0, 2))
@@ -223,7 +238,7 @@ class BatchedNavigation2D:
                 "env has no time limit (spec.max_episode_steps); make it with gymnasium.make "
                 "or construct BatchedNavigation2D(horizon=...) directly"
             )
-        return cls(inner.max_action, inner.goal_tolerance, horizon)
+        return cls(inner.max_action, inner.goal_tolerance, horizon, inner.action_scale)
 
     @staticmethod
     def goals_from_tasks(tasks: Sequence[Task]) -> np.ndarray:
@@ -281,7 +296,7 @@ class BatchedNavigation2D:
         """
         if self._elapsed >= self.horizon:
             raise RuntimeError(f"horizon of {self.horizon} steps reached; call reset() first")
-        actions = _clip_action(actions, self.max_action)
+        actions = _displacement(actions, self.max_action, self.action_scale)
         if actions.shape != self._positions.shape:
             raise ValueError(
                 f"actions must have shape {self._positions.shape}, got {actions.shape}"

@@ -252,3 +252,17 @@ def test_batched_env_for() -> None:
     assert batched_env_for("CartPole-v1") is None
     with pytest.raises(ValueError, match="not a registered"):
         batched_env_for("rlmaml/Navigation2d-v0")
+
+
+def test_action_scale_maps_unit_actions_to_the_displacement_box() -> None:
+    """``action_scale=0.1`` is rllab's ``normalize``: unit actions, displacements of 0.1."""
+    env = gymnasium.make("rlmaml/Navigation2D-v0", action_scale=0.1)
+    assert env.action_space.low.tolist() == [-1.0, -1.0]
+    env.unwrapped.set_task({"goal": [0.4, -0.4]})
+    env.reset(seed=0)
+    obs, *_ = env.step(np.array([0.5, -3.0]))
+    np.testing.assert_allclose(obs, [0.05, -0.1], rtol=1e-6)
+    batched = BatchedNavigation2D.from_env(env)
+    batched.reset(np.array([[0.4, -0.4]]))
+    batched_obs, *_ = batched.step(np.array([[0.5, -3.0]]))
+    np.testing.assert_array_equal(batched_obs[0], obs)
