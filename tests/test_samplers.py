@@ -195,6 +195,66 @@ def test_batched_and_gymnasium_paths_give_identical_trajectories() -> None:
     assert c.num_episodes == 2
 
 
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("env_id", [COUNTDOWN_ID, NAV_ID])
+def test_a_phase_sampled_in_task_slices_equals_the_phase_sampled_whole(
+    env_id: str, shared: bool
+) -> None:
+    if env_id == COUNTDOWN_ID:
+        policy = make_policy(act_dim=1)
+        tasks = [{"length": k} for k in (2, 6, 9, 1, 4)]
+        kwargs: dict[str, Any] = {}
+    else:
+        policy = make_policy()
+        tasks = nav_tasks(5)
+        kwargs = {"goal_tolerance": 0.15}  # some episodes end early: padding to compare
+    params = expand_params(detached(policy), 5) if shared else distinct_params(policy, 5)
+    episodes, seed = 4, 3
+    with VectorizedSampler(env_id, policy, kwargs) as sampler:
+        whole = sampler.sample(params, tasks, episodes, seed)
+        parts = [
+            sampler.sample(
+                {name: t[start:stop] for name, t in params.items()},
+                tasks[start:stop],
+                episodes,
+                seed,
+                first_task=start,
+                phase_tasks=len(tasks),
+            )
+            for start, stop in ((0, 2), (2, 5))
+        ]
+        # Sampled as a phase of its own, the second slice acts with other noise.
+        alone = sampler.sample(
+            {name: t[2:] for name, t in params.items()}, tasks[2:], episodes, seed
+        )
+    joined = Trajectories(*(torch.cat(fields) for fields in zip(*parts, strict=True)))
+    assert_identical(joined, whole)  # real steps and padding alike
+    assert not torch.equal(alone.actions, parts[1].actions)
+    padding = whole.masks == 0
+    assert padding.any() and (~padding).any()
+    for name in ("observations", "actions", "rewards", "log_probs"):
+        field = getattr(whole, name)
+        assert torch.all(field[padding] == 0), name
+        assert torch.all(getattr(parts[0], name)[padding[:2]] == 0), name
+
+
+def test_expand_params_marks_shared_parameters_with_stride_zero_for_any_task_count() -> None:
+    theta = detached(make_policy())
+    weight = theta["mean.0.weight"].clone().requires_grad_(True)
+    for n in (1, 3):
+        expanded = expand_params({**theta, "mean.0.weight": weight}, n)
+        assert all(t.shape[0] == n and t.stride(0) == 0 for t in expanded.values())
+        # Slices handed to a worker keep the marker; gradients reach the shared tensor.
+        assert expanded["mean.0.bias"][n - 1 :].stride(0) == 0
+        weight.grad = None
+        expanded["mean.0.weight"].sum().backward()
+        assert weight.grad is not None
+        torch.testing.assert_close(weight.grad, torch.full_like(weight, float(n)))
+    assert expand_params(theta, 0)["mean.0.bias"].shape[0] == 0
+    with pytest.raises(ValueError, match="n_tasks"):
+        expand_params(theta, -1)
+
+
 def test_per_task_parameters_are_used() -> None:
     policy = make_policy()
     tasks = nav_tasks(1) * 2
@@ -274,6 +334,12 @@ def test_invalid_requests_raise_clear_errors() -> None:
             sampler.sample(expand_params(theta, 2), tasks, 1, seed=-1)
         with pytest.raises(ValueError, match="at least one task"):
             sampler.sample(expand_params(theta, 2), [], 1, seed=0)
+        with pytest.raises(ValueError, match="first_task must be non-negative"):
+            sampler.sample(expand_params(theta, 2), tasks, 1, seed=0, first_task=-1)
+        with pytest.raises(ValueError, match="needs phase_tasks"):
+            sampler.sample(expand_params(theta, 2), tasks, 1, seed=0, first_task=1)
+        with pytest.raises(ValueError, match="do not fit in a phase of phase_tasks = 2"):
+            sampler.sample(expand_params(theta, 2), tasks, 1, seed=0, first_task=1, phase_tasks=2)
     with pytest.raises(ValueError, match="not a registered Gymnasium id"):
         VectorizedSampler("rlmaml/NoSuchEnv-v0", policy)
     with pytest.raises(ValueError, match="num_threads"):

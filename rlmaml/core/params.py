@@ -65,5 +65,22 @@ def unstack_params(stacked: Mapping[str, Tensor]) -> list[Params]:
 
 
 def expand_params(params: Mapping[str, Tensor], n_tasks: int) -> Params:
-    """``n_tasks`` copies of ``params`` along a new leading axis (a view, no memory copy)."""
-    return {name: t.unsqueeze(0).expand(n_tasks, *t.shape) for name, t in params.items()}
+    """``n_tasks`` copies of ``params`` along a new leading axis (a view, no memory copy).
+
+    The task axis always has stride 0, also for ``n_tasks == 1``: samplers read stride 0 as
+    "one parameter set shared by every task" and then run one plain forward pass instead of a
+    ``vmap`` over tasks (slices of the view, and pickled copies of them, keep the stride, so a
+    worker given a single task of a shared phase takes the same path). ``expand`` alone would
+    not do: expanding the size-1 axis of ``unsqueeze(0)`` to size 1 keeps its nonzero stride.
+    Expanding to at least 2 and slicing back keeps stride 0 and, unlike ``as_strided``, stays
+    an ordinary view for autograd and ``torch.func``.
+
+    Raises:
+        ValueError: if ``n_tasks`` is negative.
+    """
+    if n_tasks < 0:
+        raise ValueError(f"n_tasks must be non-negative, got {n_tasks}")
+    return {
+        name: t.unsqueeze(0).expand(max(n_tasks, 2), *t.shape)[:n_tasks]
+        for name, t in params.items()
+    }

@@ -12,9 +12,14 @@ split between environments and workers:
 
 - the action noise of every ``(task, episode, time)`` is drawn up front by
   :func:`action_noise` (the distribution's ``noise`` with ``torch.Generator().manual_seed(seed)``,
-  shape ``[T, E, H(, act_dim)]``); a backend that splits the phase slices this tensor;
+  shape ``[T, E, H(, act_dim)]``);
 - the environment of episode ``e`` of task ``t`` is reset with :func:`episode_seeds`'s
   ``[t, e]`` entry, derived from ``(seed, t, e)`` only.
+
+A backend that splits a phase by tasks runs each part with :meth:`VectorizedSampler.sample`'s
+``first_task`` and ``phase_tasks``, which make it use the whole phase's noise and reset seeds
+sliced to its tasks. Padding steps (``masks == 0``) hold zeros in every field, so they do not
+depend on which other episodes shared a batch either.
 
 One caveat: the policy forward pass is float arithmetic whose rounding can depend on the batch
 size (matrix-multiply kernels switch for very small batches), so backends that evaluate the
@@ -66,7 +71,8 @@ class Sampler(Protocol):
                 environment resets), independent of the backend.
 
         Returns:
-            Validated trajectories ``[T, E, H]`` with ``H`` the environment's time limit.
+            Validated trajectories ``[T, E, H]`` with ``H`` the environment's time limit;
+            every field is 0 at padding steps (``masks == 0``).
         """
         ...
 
@@ -159,14 +165,16 @@ class _NativeBatchedEnvs:
         """Bool ``[N]``: copies whose next step is a real transition."""
         return self._batched.active
 
-    def reset(self, tasks: Sequence[Task], episodes_per_task: int, seed: int) -> np.ndarray:
+    def reset(self, tasks: Sequence[Task], seeds: np.ndarray) -> np.ndarray:
         """Start every episode; copy ``t * E + e`` runs episode ``e`` of task ``t``.
 
-        ``seed`` is unused: this family starts every episode in the same state.
+        Args:
+            tasks: the ``T`` tasks.
+            seeds: ``[T, E]`` reset seeds, one per episode. Unused: this family starts every
+                episode in the same state.
         """
-        del seed
         goals = self._batched_type.goals_from_tasks(tasks)
-        return self._batched.reset(np.repeat(goals, episodes_per_task, axis=0))
+        return self._batched.reset(np.repeat(goals, seeds.shape[1], axis=0))
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Step every copy; returns observations ``[N, obs_dim]`` and rewards ``[N]``."""
@@ -216,15 +224,21 @@ class _GymnasiumEnvs:
         """Bool ``[N]``: envs whose episode has not ended yet."""
         return self._active
 
-    def reset(self, tasks: Sequence[Task], episodes_per_task: int, seed: int) -> np.ndarray:
-        """Set env ``t * E + e`` to task ``t`` and reset it with the seed of episode ``(t, e)``."""
+    def reset(self, tasks: Sequence[Task], seeds: np.ndarray) -> np.ndarray:
+        """Set env ``t * E + e`` to task ``t`` and reset it with ``seeds[t, e]``.
+
+        Args:
+            tasks: the ``T`` tasks.
+            seeds: ``[T, E]`` reset seeds, one per episode.
+        """
+        episodes_per_task = seeds.shape[1]
         n = len(tasks) * episodes_per_task
         self._grow(n)
-        seeds = episode_seeds(seed, len(tasks), episodes_per_task).ravel()
+        flat_seeds = seeds.ravel()
         self._observations = np.zeros((n, self.obs_dim), dtype=np.float32)
         for i in range(n):
             self._families[i].set_task(tasks[i // episodes_per_task])
-            self._observations[i], _ = self._envs[i].reset(seed=int(seeds[i]))
+            self._observations[i], _ = self._envs[i].reset(seed=int(flat_seeds[i]))
         self._active = np.ones(n, dtype=bool)
         return self._observations
 
@@ -254,9 +268,12 @@ class _GymnasiumEnvs:
 def _shared_params(params: Params) -> Params | None:
     """The one parameter set behind ``params`` if they come from ``expand_params``, else None.
 
-    ``expand_params`` output has stride 0 along the task axis (as do slices of it that a
-    backend hands to a worker); such shared parameters skip ``vmap`` and act with one plain
-    forward pass, which gives the same numbers up to rounding at a fraction of the overhead.
+    ``expand_params`` output has stride 0 along the task axis, whatever the number of tasks
+    (as do slices of it that a backend hands to a worker); such shared parameters skip ``vmap``
+    and act with one plain forward pass, which gives the same numbers up to rounding at a
+    fraction of the overhead. The stride is the marker on purpose: comparing values would send a
+    single task of a phase with distinct parameters down the plain path, while the whole phase
+    ran through ``vmap``.
     """
     if all(t.stride(0) == 0 for t in params.values()):
         return {name: t[0] for name, t in params.items()}
@@ -271,7 +288,7 @@ class VectorizedSampler(Sampler):
     environments: a natively batched family (see :func:`envs.batched_env_for`) in one NumPy
     call, any other task family as a pool of Gymnasium envs stepped in a Python loop. Actions
     go to the environment as sampled (environments clip); the trajectories record the sampled
-    action and its log-probability under the behaviour policy.
+    action and its log-probability under the behaviour policy, and hold zeros at padding steps.
 
     Args:
         env_id: a registered Gymnasium id of a task family (``rlmaml/Navigation2D-v0``, ...).
@@ -325,29 +342,76 @@ class VectorizedSampler(Sampler):
         return self._envs.horizon
 
     def sample(
-        self, params: Params, tasks: Sequence[Task], episodes_per_task: int, seed: int
+        self,
+        params: Params,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        seed: int,
+        *,
+        first_task: int = 0,
+        phase_tasks: int | None = None,
     ) -> Trajectories:
         """Run ``episodes_per_task`` episodes of every task; see :meth:`Sampler.sample`.
 
+        By default ``tasks`` are a whole phase. A backend that splits a phase of
+        ``phase_tasks`` tasks by tasks passes each part as tasks ``first_task`` to
+        ``first_task + len(tasks) - 1`` of it: the part then acts with the phase's action noise
+        ``action_noise(..., (phase_tasks, E, H), ..., seed)[first_task:first_task + T]`` and
+        resets with ``episode_seeds(seed, phase_tasks, E)[first_task:first_task + T]``, so the
+        parts together equal sampling the phase whole (up to the rounding caveat of the module
+        docstring; splitting by whole tasks keeps it bit for bit).
+
+        Args:
+            params: as for :meth:`Sampler.sample`, stacked for ``tasks`` only.
+            tasks: the tasks to run.
+            episodes_per_task: episodes ``E`` per task.
+            seed: the phase's seed.
+            first_task: index in the phase of ``tasks[0]``.
+            phase_tasks: number of tasks of the whole phase; None means ``tasks`` are the whole
+                phase (then ``first_task`` must be 0).
+
         Raises:
             ValueError: if ``tasks`` is empty, the parameters' task axis is not ``len(tasks)``,
-                ``episodes_per_task < 1`` or ``seed`` is negative.
+                ``episodes_per_task < 1``, ``seed`` is negative, ``first_task`` is negative,
+                or ``tasks`` do not fit in the phase (``first_task + len(tasks) >
+                phase_tasks``, or ``first_task != 0`` without ``phase_tasks``).
         """
-        _check_request(params, len(tasks), episodes_per_task, seed)
+        check_request(params, len(tasks), episodes_per_task, seed)
+        if first_task < 0:
+            raise ValueError(f"first_task must be non-negative, got {first_task}")
+        if phase_tasks is None:
+            if first_task != 0:
+                raise ValueError(
+                    f"first_task={first_task} needs phase_tasks, the number of tasks of the "
+                    "whole phase"
+                )
+            phase_tasks = len(tasks)
+        elif first_task + len(tasks) > phase_tasks:
+            raise ValueError(
+                f"tasks {first_task} to {first_task + len(tasks) - 1} do not fit in a phase of "
+                f"phase_tasks = {phase_tasks} tasks"
+            )
         threads = torch.get_num_threads()
         if self.num_threads is None or self.num_threads == threads:
-            return self._rollout(params, tasks, episodes_per_task, seed)
+            return self._rollout(params, tasks, episodes_per_task, seed, first_task, phase_tasks)
         torch.set_num_threads(self.num_threads)
         try:
-            return self._rollout(params, tasks, episodes_per_task, seed)
+            return self._rollout(params, tasks, episodes_per_task, seed, first_task, phase_tasks)
         finally:
             torch.set_num_threads(threads)
 
     def _rollout(
-        self, params: Params, tasks: Sequence[Task], episodes_per_task: int, seed: int
+        self,
+        params: Params,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        seed: int,
+        first_task: int,
+        phase_tasks: int,
     ) -> Trajectories:
         """:meth:`sample` after its checks, with torch's thread count already set."""
         num_tasks = len(tasks)
+        part = slice(first_task, first_task + num_tasks)
         shared = _shared_params(params)
         if shared is not None:
             shared = {name: t.to(self.device) for name, t in shared.items()}
@@ -365,7 +429,7 @@ class VectorizedSampler(Sampler):
         actions: Tensor | None = None
         noise: Tensor | None = None
 
-        env_observations = envs.reset(tasks, episodes, seed)
+        env_observations = envs.reset(tasks, episode_seeds(seed, phase_tasks, episodes)[part])
         with torch.inference_mode():
             for t in range(horizon):
                 active = envs.active
@@ -380,8 +444,8 @@ class VectorizedSampler(Sampler):
                 if noise is None:
                     # The distribution type is known after the first forward pass; the noise of
                     # the whole phase is drawn now, from the phase seed alone.
-                    shape = (num_tasks, episodes, horizon)
-                    noise = action_noise(type(dist), shape, envs.act_dim, seed)
+                    shape = (phase_tasks, episodes, horizon)
+                    noise = action_noise(type(dist), shape, envs.act_dim, seed)[part]
                     noise = noise.to(device).movedim(2, 0).contiguous()
                 action = dist.sample(noise[t])
                 if actions is None:
@@ -399,12 +463,20 @@ class VectorizedSampler(Sampler):
                 rewards[:, t] = step_rewards
         assert actions is not None  # the first step always runs: every episode starts active
         lengths_tensor = torch.from_numpy(lengths).view(num_tasks, episodes).to(device)
+        masks = masks_from_lengths(lengths_tensor, horizon)
+        # Steps after an episode's end were recorded while others of the batch still ran (stale
+        # observations, actions and their log-probabilities): zero them, so padding does not
+        # depend on which episodes shared the batch. Rewards there are already 0.
+        padding = masks == 0
+        observations.masked_fill_(padding.unsqueeze(-1), 0.0)
+        actions.masked_fill_(padding.view(*padding.shape, *[1] * (actions.dim() - 3)), 0)
+        log_probs.masked_fill_(padding, 0.0)
         return Trajectories(
             observations=observations,
             actions=actions,
             rewards=torch.from_numpy(rewards).view(num_tasks, episodes, horizon).to(device),
             log_probs=log_probs,
-            masks=masks_from_lengths(lengths_tensor, horizon),
+            masks=masks,
             lengths=lengths_tensor,
         ).validate()
 
@@ -413,8 +485,11 @@ class VectorizedSampler(Sampler):
         self._envs.close()
 
 
-def _check_request(params: Params, num_tasks: int, episodes_per_task: int, seed: int) -> None:
-    """Raise a ValueError naming what is wrong with a :meth:`Sampler.sample` request."""
+def check_request(params: Params, num_tasks: int, episodes_per_task: int, seed: int) -> None:
+    """Raise a ValueError naming what is wrong with a :meth:`Sampler.sample` request.
+
+    For backends, to reject a bad request before doing any work.
+    """
     if num_tasks < 1:
         raise ValueError("sample() needs at least one task")
     if episodes_per_task < 1:
