@@ -103,3 +103,10 @@ def test_evaluation_follows_the_paper_protocol(tmp_path):
     assert all(c >= 0 for c in result.ci95)
     again = experiment.evaluate(steps=3, n_tasks=5)
     assert again.mean == result.mean
+
+
+def test_the_process_backend_trains_like_the_in_process_one(tmp_path):
+    vectorized, _ = _train(_config(), tmp_path / "v", 1)
+    process, _ = _train(_config("sampler.backend=process", "sampler.workers=2"), tmp_path / "p", 1)
+    for name in vectorized:
+        torch.testing.assert_close(vectorized[name], process[name])

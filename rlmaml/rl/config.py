@@ -18,6 +18,23 @@ class EnvSettings:
 
 
 @dataclass
+class SamplerSettings:
+    """Which sampling backend collects trajectories (they give identical trajectories)."""
+
+    backend: Literal["vectorized", "process"] = "vectorized"
+    workers: int | None = None  # process backend: worker processes (default: all cores)
+    timeout_s: float = 60.0  # process backend: a worker silent this long is reported
+
+    def __post_init__(self) -> None:
+        check(
+            self.workers is None or self.workers >= 1,
+            "workers",
+            f"must be >= 1, got {self.workers}",
+        )
+        check(self.timeout_s > 0, "timeout_s", f"must be > 0, got {self.timeout_s}")
+
+
+@dataclass
 class PolicySettings:
     """Gaussian MLP policy with a state-independent learned log-std."""
 
@@ -98,6 +115,7 @@ class RLConfig:
     setting: Literal["rl"]
     seed: int = 0
     env: EnvSettings = field(default_factory=EnvSettings)
+    sampler: SamplerSettings = field(default_factory=SamplerSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     meta: RLMetaSettings = field(default_factory=RLMetaSettings)
     eval: RLEvalSettings = field(default_factory=RLEvalSettings)

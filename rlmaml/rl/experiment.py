@@ -25,8 +25,9 @@ from rlmaml.rl.distributions import Distribution
 from rlmaml.rl.losses import PolicyBatch, mean_kl
 from rlmaml.rl.maml import OuterBatch, PolicyMAML
 from rlmaml.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, per_task_distribution
+from rlmaml.rl.process_sampler import ProcessSampler
 from rlmaml.rl.returns import discounted_returns, gae, normalize_advantages
-from rlmaml.rl.samplers import VectorizedSampler
+from rlmaml.rl.samplers import Sampler, VectorizedSampler
 from rlmaml.rl.trajectories import Trajectories
 from rlmaml.rl.trpo import TRPOSettings, trpo_step
 from rlmaml.runs.config import ConfigError
@@ -70,6 +71,20 @@ def make_policy(config: RLConfig, env: gymnasium.Env) -> torch.nn.Module:
     raise TypeError(f"{config.env.id}: unsupported action space {env.action_space}")
 
 
+def make_sampler(config: RLConfig, policy: torch.nn.Module) -> Sampler:
+    """The configured sampling backend for ``policy`` on the task family."""
+    if config.sampler.backend == "process":
+        return ProcessSampler(
+            config.env.id,
+            policy,
+            config.env.kwargs,
+            num_workers=config.sampler.workers,
+            device=config.run.device,
+            timeout_s=config.sampler.timeout_s,
+        )
+    return VectorizedSampler(config.env.id, policy, config.env.kwargs, device=config.run.device)
+
+
 class RLExperiment:
     """One meta-RL run: policy, sampler, baseline and the outer optimiser."""
 
@@ -84,9 +99,7 @@ class RLExperiment:
         self.params = module_params(self.policy)
         meta = config.meta
         self.maml = PolicyMAML(self.policy, meta.inner_lr, meta.first_order, meta.vectorize)
-        self.sampler = VectorizedSampler(
-            config.env.id, self.policy, config.env.kwargs, device=self.device
-        )
+        self.sampler = make_sampler(config, self.policy)
         self.optimizer = (
             torch.optim.Adam(self.params.values(), lr=meta.outer_lr)
             if meta.optimizer in ("ppo", "adam")
