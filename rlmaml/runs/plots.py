@@ -117,6 +117,8 @@ def plot_adaptation_curve(
 
 def _readable(name: str) -> str:
     """Turn a metric name like ``"train/meta_loss"`` into a title like ``"Train / meta loss"``."""
+    if name == "wall_time":
+        return "Wall time (s)"
     text = name.replace("_", " ").replace("/", " / ")
     return text[:1].upper() + text[1:]
 
