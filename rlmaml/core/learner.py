@@ -161,7 +161,7 @@ class MetaLearner:
 
         def run(vectorize: bool) -> None:
             losses = self._query_losses(
-                support, query, vectorize, first_order=self.algorithm != "maml"
+                support, query, vectorize, first_order=self.algorithm in ("fomaml", "reptile")
             )
             torch.autograd.grad(losses.sum(), self.meta_parameters(), allow_unused=True)
 
