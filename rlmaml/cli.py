@@ -90,7 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(handler=_evaluate)
 
     bench = commands.add_parser("bench", help="speed benchmarks against other libraries")
-    bench.add_argument("what", choices=["supervised", "rl"])
+    bench.add_argument("what", choices=["supervised", "rl", "sampler"])
+    bench.add_argument("--env", default="rlmaml/HalfCheetahVel-v0", help="sampler: env id")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--repeats", type=int, default=10, help="timed meta-iterations per case")
     bench.set_defaults(handler=_bench)
@@ -223,6 +224,10 @@ def _bench(args: argparse.Namespace) -> int:
         from rlmaml.bench.rl import main as bench_rl
 
         return bench_rl(repeats=args.repeats, as_json=args.json)
+    if args.what == "sampler":
+        from rlmaml.bench.sampler import main as bench_sampler
+
+        return bench_sampler(args.env, args.repeats, args.json)
     from rlmaml.bench.supervised import main as bench_supervised
 
     return bench_supervised(repeats=args.repeats, as_json=args.json)

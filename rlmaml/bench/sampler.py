@@ -1,0 +1,162 @@
+"""How close the sampling backends come to the raw MuJoCo stepping rate of a locomotion family.
+
+One run measures, in environment steps per second (one env step = ``frame_skip`` simulator
+steps):
+
+- ``raw``: ``mujoco.mj_step`` on a copy of the env's own model and data, with uniform random
+  controls drawn before timing, no policy and no Python env wrapper; one spawned process per
+  core, each stepping its own ``MjData`` for a fixed number of env steps (reset every episode
+  length), all starting together; the rate is all their steps over the slowest one's time;
+- each sampler backend (``VectorizedSampler`` in-process, ``ProcessSampler`` with one worker
+  per core) collecting 8 tasks x 5 episodes of the env's horizon with the paper's 2x100
+  Gaussian policy, one parameter set shared by all tasks (pre-update sampling);
+- ``ratio``: the best backend's rate over the raw rate, i.e. the share of the simulator's
+  throughput that survives the policy, the Gymnasium wrapper and the process hops.
+
+Each figure is the median over ``repeats`` timed runs after one untimed warm-up.
+
+Run ``rlmaml bench sampler [--env ID] [--repeats N] [--json]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from multiprocessing import get_context
+
+import torch
+
+TASKS = 8
+EPISODES = 5
+RAW_STEPS = 20000
+"""Env steps each raw-stepping process takes per timed run."""
+
+
+def _raw_worker(env_id: str, steps: int, seed: int, barrier, results) -> None:
+    """Step a copy of the env's MuJoCo data ``steps`` env steps; put (steps, seconds)."""
+    import gymnasium
+    import mujoco
+    import numpy as np
+
+    import envs  # noqa: F401  (registers the rlmaml/ ids)
+
+    env = gymnasium.make(env_id)
+    model = env.unwrapped.model
+    frame_skip = env.unwrapped.frame_skip
+    horizon = env.spec.max_episode_steps or 200
+    data = mujoco.MjData(model)
+    low, high = model.actuator_ctrlrange.T
+    controls = np.random.default_rng(seed).uniform(low, high, size=(steps, model.nu))
+    barrier.wait()
+    start = time.perf_counter()
+    for t in range(steps):
+        if t % horizon == 0:
+            mujoco.mj_resetData(model, data)
+        data.ctrl[:] = controls[t]
+        mujoco.mj_step(model, data, nstep=frame_skip)
+    results.put((steps, time.perf_counter() - start))
+    env.close()
+
+
+def raw_rate(env_id: str, processes: int, steps: int = RAW_STEPS) -> float:
+    """Env steps/s of ``processes`` concurrent raw-stepping processes together."""
+    context = get_context("spawn")
+    barrier = context.Barrier(processes)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_raw_worker, args=(env_id, steps, seed, barrier, results))
+        for seed in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        done = [results.get(timeout=300) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(timeout=10)
+            if worker.is_alive():
+                worker.terminate()
+    return sum(s for s, _ in done) / max(seconds for _, seconds in done)
+
+
+def _median_rate(run: Callable[[], int], repeats: int) -> float:
+    """Median steps/s of ``run`` (which returns its step count) after one warm-up."""
+    run()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        steps = run()
+        rates.append(steps / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def backend_rates(env_id: str, workers: int, repeats: int) -> dict[str, float]:
+    """Env steps/s, policy included, of each sampler backend on one meta-batch phase."""
+    import gymnasium
+
+    from envs import require_task_family
+    from rlmaml.core.params import expand_params, module_params
+    from rlmaml.rl.policies import GaussianMLPPolicy
+    from rlmaml.rl.process_sampler import ProcessSampler
+    from rlmaml.rl.samplers import VectorizedSampler
+
+    env = gymnasium.make(env_id)
+    env.reset(seed=0)
+    tasks = require_task_family(env).sample_tasks(TASKS)
+    obs_dim = env.observation_space.shape[0]
+    act_dim = env.action_space.shape[0]
+    env.close()
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(obs_dim, act_dim, hidden=(100, 100))
+    params = expand_params({name: p.detach() for name, p in module_params(policy).items()}, TASKS)
+    backends = {
+        "vectorized": lambda: VectorizedSampler(env_id, policy),
+        "process": lambda: ProcessSampler(env_id, policy, num_workers=workers),
+    }
+    rates = {}
+    for name, make in backends.items():
+        with make() as sampler:
+            seeds = iter(range(1_000_000))  # a new seed for every phase
+
+            def phase(s=sampler, seeds=seeds) -> int:
+                return s.sample(params, tasks, EPISODES, next(seeds)).num_steps()
+
+            rates[name] = _median_rate(phase, repeats)
+    return rates
+
+
+def run(env_id: str, repeats: int = 3) -> dict[str, object]:
+    """The raw rate, every backend's rate and their ratio, as one JSON-able dict."""
+    cores = os.cpu_count() or 1
+    raw = statistics.median(raw_rate(env_id, cores) for _ in range(max(repeats, 1)))
+    backends = backend_rates(env_id, cores, repeats)
+    return {
+        "env": env_id,
+        "unit": "env steps per second",
+        "cores": cores,
+        "phase": f"{TASKS} tasks x {EPISODES} episodes",
+        "repeats": repeats,
+        "raw_steps_per_s": raw,
+        "backends": backends,
+        "ratio": max(backends.values()) / raw,
+    }
+
+
+def main(env_id: str = "rlmaml/HalfCheetahVel-v0", repeats: int = 3, as_json: bool = False) -> int:
+    """Print the rates (a table, or one JSON object)."""
+    results = run(env_id, repeats)
+    if as_json:
+        print(json.dumps(results))
+        return 0
+    print(
+        f"{env_id}: env steps/s on {results['cores']} cores, {results['phase']}, "
+        f"median of {repeats}"
+    )
+    print(f"  {'raw mj_step':<12} {results['raw_steps_per_s']:>12,.0f}")
+    for name, rate in results["backends"].items():
+        print(f"  {name:<12} {rate:>12,.0f}")
+    print(f"  best backend / raw: {results['ratio']:.3f}")
+    return 0
