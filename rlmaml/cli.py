@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["supervised", "rl", "sampler"])
     bench.add_argument("--env", default="rlmaml/HalfCheetahVel-v0", help="sampler: env id")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    bench.add_argument("--repeats", type=int, default=10, help="timed meta-iterations per case")
+    bench.add_argument("--repeats", type=int, default=10, help="timed repetitions per case")
     bench.set_defaults(handler=_bench)
     return parser
 
