@@ -110,3 +110,18 @@ def test_the_process_backend_trains_like_the_in_process_one(tmp_path):
     process, _ = _train(_config("sampler.backend=process", "sampler.workers=2"), tmp_path / "p", 1)
     for name in vectorized:
         torch.testing.assert_close(vectorized[name], process[name])
+
+
+@pytest.mark.parametrize("optimizer", ["trpo", "ppo"])
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, optimizer):
+    config = _config(f"meta.optimizer={optimizer}")
+    straight, _ = _train(config, tmp_path / "straight", 4)
+    run = RunDir(tmp_path / "resumed")
+    for iterations, resume in ((2, False), (4, True)):
+        experiment = RLExperiment(config)
+        try:
+            run_training(experiment, run, LoopSettings(iterations, progress=False), resume)
+        finally:
+            experiment.close()
+    for name, value in straight.items():
+        assert torch.equal(value, experiment.params[name]), name
