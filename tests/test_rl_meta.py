@@ -155,3 +155,18 @@ def test_categorical_policy_acts_per_task():
     dist = per_task_distribution(policy, params, torch.randn(2, 5, 3))
     actions = dist.sample(torch.rand(2, 5))
     assert (actions[1] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: GaussianMLPPolicy(3, 2, (8, 8)), lambda: CategoricalMLPPolicy(3, 4, (8,))]
+)
+def test_per_task_mlp_path_equals_vmap(make):
+    from rlmaml.core import functional_forward
+
+    policy = make()
+    stacked = {k: v + 0.1 * torch.randn(4, *v.shape) for k, v in module_params(policy).items()}
+    obs = torch.randn(4, 5, 3)
+    fast = per_task_distribution(policy, stacked, obs)
+    reference = torch.func.vmap(lambda p, o: functional_forward(policy, p, o))(stacked, obs)
+    for ours, theirs in zip(fast, reference, strict=True):
+        torch.testing.assert_close(ours, theirs.expand_as(ours))
