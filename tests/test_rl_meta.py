@@ -121,6 +121,7 @@ def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
         grads,
         maml.fisher_vector_product(params, batch),
         settings,
+        loss.item(),
     )
     assert result.step_fraction > 0
     assert result.loss_after < result.loss_before

@@ -70,6 +70,7 @@ def breakdown(config: RLConfig, repeats: int) -> dict[str, float]:
                 grads,
                 fisher,
                 experiment.trpo,
+                loss.item(),
             )
             times["trpo_step"] = time.perf_counter() - start
             times["iteration"] = times["collect"] + times["surrogate_gradient"] + times["trpo_step"]

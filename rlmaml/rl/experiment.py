@@ -218,6 +218,7 @@ class RLExperiment:
                     {n: p.grad for n, p in self.params.items()},
                     fisher,
                     self.trpo,
+                    loss.item(),
                 )
             except FloatingPointError as error:
                 raise NonFiniteUpdate(str(error)) from error

@@ -66,6 +66,7 @@ def trpo_step(
     gradient: Params,
     fisher_product: Callable[[Params], Params],
     settings: TRPOSettings,
+    loss_before: float,
 ) -> TRPOResult:
     """Update ``params`` in place by one TRPO step; the step is refused if no candidate passes.
 
@@ -75,6 +76,7 @@ def trpo_step(
         gradient: the surrogate's gradient at ``params``.
         fisher_product: ``v -> F v`` at ``params``.
         settings: trust region and search settings.
+        loss_before: the surrogate loss at ``params`` (the caller has it from the gradient).
     """
     names = list(params)
     shapes = [params[n].shape for n in names]
@@ -97,7 +99,6 @@ def trpo_step(
     full_step = step * torch.sqrt(2.0 * settings.max_kl / curvature)
     start = flat(params).detach()
     with torch.no_grad():
-        loss_before = loss_and_kl(params)[0].item()
         fraction = 1.0
         for _ in range(settings.max_backtracks):
             candidate = unflat(start + fraction * full_step)
