@@ -23,10 +23,11 @@ from rlmaml.runs import (
     read_metrics,
     save_config,
 )
+from rlmaml.runs.evaluation import AdaptationResult
 from rlmaml.runs.loop import TrainingDiverged, run_training
 from rlmaml.runs.plots import plot_adaptation_curve, plot_learning_curves
 from rlmaml.supervised.config import SupervisedConfig
-from rlmaml.supervised.experiment import AdaptationResult, SupervisedExperiment
+from rlmaml.supervised.experiment import SupervisedExperiment
 
 # The config's ``setting`` key picks its config class; the class picks the experiment.
 SETTINGS: dict[str, type] = {

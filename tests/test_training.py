@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from rlmaml.runs import RunDir, latest_checkpoint, load_config, read_metrics
+from rlmaml.runs.evaluation import AdaptationResult
 from rlmaml.runs.loop import (
     LoopSettings,
     NonFiniteUpdate,
@@ -26,7 +27,7 @@ from rlmaml.runs.loop import (
 )
 from rlmaml.supervised import OmniglotData
 from rlmaml.supervised.config import SupervisedConfig
-from rlmaml.supervised.experiment import AdaptationResult, SupervisedExperiment
+from rlmaml.supervised.experiment import SupervisedExperiment
 from rlmaml.supervised.problems import Problem, build_problem
 
 QUICK = Path(__file__).resolve().parents[1] / "experiments" / "sinusoid_quick.yaml"

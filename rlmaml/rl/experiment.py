@@ -31,9 +31,9 @@ from rlmaml.rl.samplers import Sampler, VectorizedSampler
 from rlmaml.rl.trajectories import Trajectories
 from rlmaml.rl.trpo import TRPOSettings, trpo_step
 from rlmaml.runs.config import ConfigError
+from rlmaml.runs.evaluation import AdaptationResult, summarise
 from rlmaml.runs.loop import NonFiniteUpdate, ensure_finite
 from rlmaml.runs.state import capture_state, restore_state
-from rlmaml.supervised.experiment import AdaptationResult, summarise
 
 # Held-out tasks come from their own stream of the run seed, never the training one.
 _TEST_STREAM = 1

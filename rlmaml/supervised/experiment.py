@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -12,6 +10,7 @@ import torch
 from torch import Tensor
 
 from rlmaml.core import MetaLearner, adaptation_curve, detach_step_size
+from rlmaml.runs.evaluation import AdaptationResult, summarise
 from rlmaml.runs.loop import ensure_finite
 from rlmaml.runs.state import capture_state, restore_state
 from rlmaml.supervised.config import SupervisedConfig
@@ -21,39 +20,6 @@ from rlmaml.supervised.tasks import TaskBatch
 # Held-out tasks come from their own random streams, fixed per run seed and never the
 # training stream, so every evaluation of a run sees the same tasks.
 _TEST_STREAM, _VALIDATION_STREAM = 1, 2
-
-
-@dataclass(frozen=True)
-class AdaptationResult:
-    """A metric after 0..N inner steps on held-out tasks: mean and 95% confidence interval."""
-
-    metric: str
-    steps: list[int]
-    mean: list[float]
-    ci95: list[float]
-    n_tasks: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "metric": self.metric,
-            "steps": self.steps,
-            "mean": self.mean,
-            "ci95": self.ci95,
-            "n_tasks": self.n_tasks,
-        }
-
-
-def summarise(metric: str, per_task: Tensor) -> AdaptationResult:
-    """Mean and normal-approximation 95% CI over tasks of a ``[tasks, steps + 1]`` tensor."""
-    n = per_task.shape[0]
-    std = per_task.std(0, unbiased=True) if n > 1 else torch.zeros(per_task.shape[1])
-    return AdaptationResult(
-        metric=metric,
-        steps=list(range(per_task.shape[1])),
-        mean=per_task.mean(0).tolist(),
-        ci95=(1.96 * std / math.sqrt(n)).tolist(),
-        n_tasks=n,
-    )
 
 
 class SupervisedExperiment:
