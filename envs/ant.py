@@ -62,6 +62,7 @@ from envs.locomotion import (
     TaskDistribution,
     VelocityTasks,
     capture_mujoco_warnings,
+    constructor_arguments,
     log_compile_messages,
 )
 from envs.protocol import Task
@@ -184,6 +185,7 @@ class AntVelEnv(_AntTaskEnv):
         task: Task | None = None,
         **kwargs: Any,
     ) -> None:
+        arguments = constructor_arguments(locals())
         super().__init__(
             VelocityTasks(velocity_low, velocity_high),
             forward_reward_weight,
@@ -196,20 +198,7 @@ class AntVelEnv(_AntTaskEnv):
             task,
             **kwargs,
         )
-        utils.EzPickle.__init__(
-            self,
-            velocity_low,
-            velocity_high,
-            forward_reward_weight,
-            healthy_reward,
-            constant_reward,
-            ctrl_cost_weight,
-            contact_cost_weight,
-            healthy_z_range,
-            clip_actions,
-            task,
-            **kwargs,
-        )
+        utils.EzPickle.__init__(self, **arguments)
 
 
 class AntDirEnv(_AntTaskEnv):
@@ -254,6 +243,7 @@ class AntDirEnv(_AntTaskEnv):
         task: Task | None = None,
         **kwargs: Any,
     ) -> None:
+        arguments = constructor_arguments(locals())
         super().__init__(
             DirectionTasks(),
             forward_reward_weight,
@@ -266,18 +256,7 @@ class AntDirEnv(_AntTaskEnv):
             task,
             **kwargs,
         )
-        utils.EzPickle.__init__(
-            self,
-            forward_reward_weight,
-            healthy_reward,
-            constant_reward,
-            ctrl_cost_weight,
-            contact_cost_weight,
-            healthy_z_range,
-            clip_actions,
-            task,
-            **kwargs,
-        )
+        utils.EzPickle.__init__(self, **arguments)
 
 
 class AntGoalEnv(_AntTaskEnv):
@@ -341,6 +320,7 @@ class AntGoalEnv(_AntTaskEnv):
         task: Task | None = None,
         **kwargs: Any,
     ) -> None:
+        arguments = constructor_arguments(locals())
         kwargs.setdefault("exclude_current_positions_from_observation", False)
         super().__init__(
             GoalTasks(goal_low, goal_high),
@@ -355,21 +335,7 @@ class AntGoalEnv(_AntTaskEnv):
             **kwargs,
         )
         self._goal_reward_offset = float(goal_reward_offset)
-        utils.EzPickle.__init__(
-            self,
-            goal_low,
-            goal_high,
-            goal_reward_weight,
-            goal_reward_offset,
-            healthy_reward,
-            constant_reward,
-            ctrl_cost_weight,
-            contact_cost_weight,
-            healthy_z_range,
-            clip_actions,
-            task,
-            **kwargs,
-        )
+        utils.EzPickle.__init__(self, **arguments)
 
     def _task_term(self, before: np.ndarray, after: np.ndarray) -> dict[str, float]:
         goal = self._task_distribution.reward(self._task_value, after)

@@ -42,6 +42,7 @@ from envs.locomotion import (
     TaskDistribution,
     VelocityTasks,
     capture_mujoco_warnings,
+    constructor_arguments,
     log_compile_messages,
 )
 from envs.protocol import Task
@@ -123,6 +124,7 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
         task: Task | None = None,
         **kwargs: Any,
     ) -> None:
+        arguments = constructor_arguments(locals())
         super().__init__(
             VelocityTasks(velocity_low, velocity_high),
             forward_reward_weight,
@@ -131,16 +133,7 @@ class HalfCheetahVelEnv(_HalfCheetahTaskEnv):
             task,
             **kwargs,
         )
-        utils.EzPickle.__init__(
-            self,
-            velocity_low,
-            velocity_high,
-            forward_reward_weight,
-            ctrl_cost_weight,
-            clip_actions,
-            task,
-            **kwargs,
-        )
+        utils.EzPickle.__init__(self, **arguments)
 
 
 class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
@@ -174,9 +167,8 @@ class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
         task: Task | None = None,
         **kwargs: Any,
     ) -> None:
+        arguments = constructor_arguments(locals())
         super().__init__(
             DirectionTasks(), forward_reward_weight, ctrl_cost_weight, clip_actions, task, **kwargs
         )
-        utils.EzPickle.__init__(
-            self, forward_reward_weight, ctrl_cost_weight, clip_actions, task, **kwargs
-        )
+        utils.EzPickle.__init__(self, **arguments)

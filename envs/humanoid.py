@@ -18,6 +18,7 @@ from envs.locomotion import (
     DirectionTasks,
     LocomotionTaskMixin,
     capture_mujoco_warnings,
+    constructor_arguments,
     log_compile_messages,
 )
 from envs.protocol import Task
@@ -76,6 +77,7 @@ class HumanoidDirEnv(LocomotionTaskMixin, HumanoidEnv):
         task: Task | None = None,
         **kwargs: Any,
     ) -> None:
+        arguments = constructor_arguments(locals())
         messages: list[str] = []
         with capture_mujoco_warnings(messages):
             HumanoidEnv.__init__(
@@ -89,17 +91,7 @@ class HumanoidDirEnv(LocomotionTaskMixin, HumanoidEnv):
             )
         log_compile_messages(messages)
         self._init_task_family(DirectionTasks(), clip_actions, task)
-        utils.EzPickle.__init__(
-            self,
-            forward_reward_weight,
-            healthy_reward,
-            ctrl_cost_weight,
-            contact_cost_weight,
-            healthy_z_range,
-            clip_actions,
-            task,
-            **kwargs,
-        )
+        utils.EzPickle.__init__(self, **arguments)
 
     def _tracked_position(self) -> np.ndarray:
         return mass_center(self.model, self.data)

@@ -48,6 +48,19 @@ _LOGGER = logging.getLogger(__name__)
 _logged_compile_messages: set[str] = set()
 
 
+def constructor_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A constructor's arguments as keywords, from its ``locals()`` taken on entry.
+
+    For ``gymnasium.utils.EzPickle``, which rebuilds a pickled env by calling its class with
+    the same arguments: each family takes ``arguments = constructor_arguments(locals())`` as
+    the first statement of ``__init__`` and ends with ``utils.EzPickle.__init__(self,
+    **arguments)`` (after the v5 base class, whose own EzPickle call it replaces), instead of
+    repeating its whole argument list.
+    """
+    named = {k: v for k, v in arguments.items() if k not in ("self", "__class__", "kwargs")}
+    return {**named, **arguments.get("kwargs", {})}
+
+
 @contextlib.contextmanager
 def capture_mujoco_warnings(messages: list[str]) -> Iterator[list[str]]:
     """Append MuJoCo's warning messages to ``messages`` instead of printing and logging them.
