@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from rlmaml.core import MetaLearner, Params, functional_forward
+from rlmaml.core import MetaLearner
 from rlmaml.supervised.episodes import EpisodeSampler
 from rlmaml.supervised.models import ConvNet, SinusoidMLP
+from rlmaml.supervised.problems import criterion_loss
 from rlmaml.supervised.sinusoid import SinusoidTasks
 from rlmaml.supervised.tasks import TaskBatch
 
@@ -59,12 +60,12 @@ def cases() -> list[Case]:
 def rlmaml_step(case: Case, model: nn.Module, vectorize: bool) -> Callable[[], None]:
     """One rlmaml meta-iteration (the MetaLearner, vmap or loop over tasks)."""
 
-    def loss(params: Params, data: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = data
-        return case.loss(functional_forward(model, params, x), y)
-
     learner = MetaLearner(
-        model, loss, inner_steps=case.steps, inner_lr=case.lr, vectorize=vectorize
+        model,
+        criterion_loss(model, case.loss),
+        inner_steps=case.steps,
+        inner_lr=case.lr,
+        vectorize=vectorize,
     )
     optimizer = torch.optim.Adam(learner.meta_parameters(), lr=1e-3)
     b = case.batch

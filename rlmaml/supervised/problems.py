@@ -61,22 +61,13 @@ class Problem:
     reference: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
 
 
-def mse_loss(model: nn.Module) -> TaskLoss:
-    """Mean squared error of ``model`` on one task's ``(x, y)``."""
+def criterion_loss(model: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]) -> TaskLoss:
+    """``criterion(model(x), y)`` on one task's ``(x, y)``, e.g. ``F.mse_loss`` or
+    ``F.cross_entropy``."""
 
     def loss(params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
         x, y = data
-        return F.mse_loss(functional_forward(model, params, x), y)
-
-    return loss
-
-
-def cross_entropy_loss(model: nn.Module) -> TaskLoss:
-    """Cross-entropy of ``model``'s logits on one task's ``(x, labels)``."""
-
-    def loss(params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
-        x, y = data
-        return F.cross_entropy(functional_forward(model, params, x), y)
+        return criterion(functional_forward(model, params, x), y)
 
     return loss
 
@@ -101,7 +92,7 @@ def build_problem(config: SupervisedConfig) -> Problem:
 def _sinusoid(config: SupervisedConfig) -> Problem:
     settings, family = config.sinusoid, SinusoidTasks()
     model = SinusoidMLP()
-    loss = mse_loss(model)
+    loss = criterion_loss(model, F.mse_loss)
     return Problem(
         name="sinusoid",
         model=model,
@@ -129,7 +120,7 @@ def _omniglot(config: SupervisedConfig) -> Problem:
     return Problem(
         name=name,
         model=model,
-        task_loss=cross_entropy_loss(model),
+        task_loss=criterion_loss(model, F.cross_entropy),
         task_metric=accuracy_percent(model),
         metric="accuracy",
         train_tasks=samplers[0].sample,
