@@ -38,3 +38,13 @@ def float64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(previous)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch intra-op thread: tiny models on a busy 2-core machine otherwise slow down many
+    times (OpenMP workers waiting for a core); results are identical."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -13,12 +13,7 @@ from rlmaml.runs.loop import LoopSettings, run_training
 pytest.importorskip("mujoco")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_halfcheetah_vel_meta_training_smoke(tmp_path):

@@ -8,13 +8,7 @@ from rlmaml.rl.experiment import RLExperiment
 from rlmaml.runs import ConfigError, RunDir, load_config
 from rlmaml.runs.loop import LoopSettings, NonFiniteUpdate, run_training
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(*overrides):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -34,17 +34,7 @@ QUICK = Path(__file__).resolve().parents[1] / "experiments" / "sinusoid_quick.ya
 RESULT_KEYS = {"metric", "steps", "mean", "ci95", "n_tasks"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread avoids oversubscribing a busy 2-core machine.
-
-    With two threads and another process training, a sinusoid meta-iteration can take
-    tens of times longer (OpenMP workers waiting for a core); results are identical.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quick_config(*overrides: str) -> SupervisedConfig:
