@@ -16,6 +16,7 @@ import yaml
 
 from rlmaml.rl.config import RLConfig
 from rlmaml.runs import (
+    Checkpoint,
     ConfigError,
     RunDir,
     latest_checkpoint,
@@ -87,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--tasks", type=int, help="held-out tasks (default: eval.tasks)")
     evaluate.add_argument("--episodes", type=int, help="RL: trajectories per step (eval.episodes)")
+    evaluate.add_argument(
+        "--checkpoint",
+        choices=["best", "last"],
+        help="which state to evaluate: the best iteration by the validation score (the default "
+        "when the run kept one) or the last checkpoint",
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -139,7 +146,9 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError(f"{run.path} already holds a run; use --resume or another --run-dir")
     save_config(config, run.config)
     experiment = _experiment(config)
-    settings = config.run.loop(config.meta.iterations, experiment.progress_keys)
+    settings = config.run.loop(
+        config.meta.iterations, experiment.progress_keys, experiment.selection
+    )
     try:
         done = run_training(experiment, run, settings, resume=args.resume)
     finally:
@@ -167,9 +176,7 @@ def _plot_run(run: RunDir, headline: Sequence[str]) -> list[str]:
 def _evaluate(args: argparse.Namespace) -> int:
     _require_run_folder(args.run_dir)
     run = RunDir(args.run_dir)
-    checkpoint = latest_checkpoint(run.checkpoints)
-    if checkpoint is None:
-        raise FileNotFoundError(f"no complete checkpoint in {run.checkpoints}")
+    which, checkpoint = _checkpoint_to_evaluate(run, args.checkpoint)
     overrides = [
         f"eval.{key}={value}"
         for key, value in (
@@ -187,7 +194,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     finally:
         experiment.close()
     tasks = config.eval.tasks
-    payload = {**result.as_dict(), "iteration": checkpoint.step, "problem": experiment.name}
+    payload = {
+        **result.as_dict(),
+        "iteration": checkpoint.step,
+        "checkpoint": which,
+        "problem": experiment.name,
+    }
     (run.eval / "adaptation.json").write_text(json.dumps(payload, indent=1))
     figure = plot_adaptation_curve(
         result.steps,
@@ -201,9 +213,27 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(payload))
     else:
+        print(f"{which} checkpoint: iteration {checkpoint.step}")
         print(_table(result, experiment.reference))
         print(f"written: {run.eval / 'adaptation.json'}, {figure}")
     return 0
+
+
+def _checkpoint_to_evaluate(run: RunDir, which: str | None) -> tuple[str, Checkpoint]:
+    """The best checkpoint when asked for or, by default, when the run kept one; else the last."""
+    if which in (None, "best"):
+        best = latest_checkpoint(run.best_checkpoint)
+        if best is not None:
+            return "best", best
+        if which == "best":
+            raise FileNotFoundError(
+                f"no best checkpoint in {run.best_checkpoint}: the run did not validate "
+                "(set eval.val_every) or has not validated yet"
+            )
+    last = latest_checkpoint(run.checkpoints)
+    if last is None:
+        raise FileNotFoundError(f"no complete checkpoint in {run.checkpoints}")
+    return "last", last
 
 
 def _table(result: AdaptationResult, reference: dict[str, tuple[list[int], list[float]]]) -> str:

@@ -1,11 +1,13 @@
 """Meta-RL runs end to end on Navigation2D, with tiny budgets."""
 
+import math
+
 import pytest
 import torch
 
 from rlmaml.rl.config import RLConfig
 from rlmaml.rl.experiment import RLExperiment
-from rlmaml.runs import ConfigError, RunDir, load_config
+from rlmaml.runs import ConfigError, RunDir, latest_checkpoint, load_config, read_metrics
 from rlmaml.runs.loop import LoopSettings, NonFiniteUpdate, run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,3 +121,27 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, optimizer)
             experiment.close()
     for name, value in straight.items():
         assert torch.equal(value, experiment.params[name]), name
+
+
+def test_validation_keeps_the_best_iteration_without_changing_training(tmp_path):
+    plain, _ = _train(_config(), tmp_path / "plain", 4)
+    config = _config("eval.val_every=2", "eval.val_tasks=4", "eval.steps=2")
+    experiment = RLExperiment(config)
+    run = RunDir(tmp_path / "validated")
+    settings = LoopSettings(4, progress=False, selection=experiment.selection)
+    try:
+        run_training(experiment, run, settings, False)
+    finally:
+        experiment.close()
+    for name, value in plain.items():
+        assert torch.equal(value, experiment.params[name]), name
+    best = latest_checkpoint(run.best_checkpoint)
+    metrics = read_metrics(run.path)
+    scores = {
+        int(step): score
+        for step, score in zip(metrics["step"], metrics["val_adapted_return"], strict=True)
+        if not math.isnan(score)
+    }
+    assert sorted(scores) == [2, 4]
+    assert best.step == max(scores, key=scores.get)
+    assert best.metadata["selection"]["value"] == pytest.approx(scores[best.step])

@@ -96,15 +96,24 @@ class RLMetaSettings:
 
 @dataclass
 class RLEvalSettings:
-    """Adaptation on held-out tasks: the paper's protocol (alpha, then alpha/2 per step)."""
+    """Adaptation on held-out tasks: the paper's protocol (alpha, then alpha/2 per step).
+
+    With ``val_every`` the same protocol runs during training on ``val_tasks`` validation
+    tasks (a task stream of their own, never the test tasks); the iteration with the best
+    average return over steps 1..``steps`` is kept as the run's best checkpoint, which
+    ``rlmaml evaluate`` then uses ("the best iteration is kept", as in the paper's code).
+    """
 
     steps: int = 3
     tasks: int = 40
     episodes: int = 40
+    val_every: int = 0  # validate every this many meta-iterations (0: never)
+    val_tasks: int = 40
 
     def __post_init__(self) -> None:
-        check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
-        for name in ("tasks", "episodes"):
+        for name in ("steps", "val_every"):
+            check(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("tasks", "episodes", "val_tasks"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
 
 

@@ -32,11 +32,12 @@ from rlmaml.rl.trajectories import Trajectories
 from rlmaml.rl.trpo import TRPOSettings, trpo_step
 from rlmaml.runs.config import ConfigError
 from rlmaml.runs.evaluation import AdaptationResult, summarise
-from rlmaml.runs.loop import NonFiniteUpdate, ensure_finite
+from rlmaml.runs.loop import NonFiniteUpdate, Selection, ensure_finite
 from rlmaml.runs.state import capture_state, restore_state
 
-# Held-out tasks come from their own stream of the run seed, never the training one.
-_TEST_STREAM = 1
+# Held-out tasks come from streams of the run seed of their own, never the training one:
+# test tasks for ``rlmaml evaluate``, validation tasks for choosing the best iteration.
+_TEST_STREAM, _VALIDATION_STREAM = 1, 2
 
 # The MAML paper's average returns after 0..3 steps (REFERENCE.md section 3), for plots.
 PAPER_RETURNS: dict[str, list[float]] = {
@@ -122,7 +123,12 @@ class RLExperiment:
 
     @property
     def progress_keys(self) -> tuple[str, ...]:
-        return ("return_pre", "return_post", "kl")
+        return ("return_pre", "return_post", "kl", "val_adapted_return")
+
+    @property
+    def selection(self) -> Selection | None:
+        """The best iteration is the one with the best validation return after adaptation."""
+        return Selection("val_adapted_return") if self.config.eval.val_every else None
 
     def close(self) -> None:
         """Release the sampler's environments (and worker processes, for such backends)."""
@@ -193,13 +199,17 @@ class RLExperiment:
         start = time.perf_counter()
         outer = self._outer_step(batch)
         total = time.perf_counter() - began
-        return {
+        values = {
             **stats,
             **outer,
             "outer_s": time.perf_counter() - start,
             "iteration_s": total,
             "env_steps_per_s": stats["env_steps"] / stats["sampling_s"],
         }
+        every = self.config.eval.val_every
+        if every and (iteration + 1) % every == 0:
+            values.update(self.validate())
+        return values
 
     def _outer_step(self, batch: OuterBatch) -> dict[str, float]:
         meta = self.config.meta
@@ -275,16 +285,30 @@ class RLExperiment:
         return {"seeds": self.rng, "tasks": self.task_env.np_random}
 
     # -- evaluation ----------------------------------------------------------------------
-    def evaluate(self, steps: int, n_tasks: int) -> AdaptationResult:
+    def validate(self) -> dict[str, float]:
+        """The evaluation protocol on the validation tasks (``eval.val_tasks``).
+
+        ``val_adapted_return`` averages the returns after steps 1..``eval.steps``: it rewards
+        an initialisation that adapts fast *and* keeps improving, which is what the paper's
+        adaptation curves measure.
+        """
+        steps = max(self.config.eval.steps, 1)
+        result = self.evaluate(steps, self.config.eval.val_tasks, stream=_VALIDATION_STREAM)
+        values = {f"val_return_{k}": float(result.mean[k]) for k in range(steps + 1)}
+        values["val_adapted_return"] = float(np.mean(result.mean[1:]))
+        return values
+
+    def evaluate(self, steps: int, n_tasks: int, stream: int = _TEST_STREAM) -> AdaptationResult:
         """Average return on held-out tasks after 0..``steps`` inner steps (paper protocol).
 
         The first step uses ``alpha``, later ones ``alpha / 2``; every step samples
-        ``eval.episodes`` fresh trajectories with the current adapted parameters.
+        ``eval.episodes`` fresh trajectories with the current adapted parameters. ``stream``
+        picks the held-out task set (test by default, validation during training).
         """
         episodes = self.config.eval.episodes
-        task_env = make_task_env(self.config, self.config.seed + 1_000_003 * _TEST_STREAM)
+        task_env = make_task_env(self.config, self.config.seed + 1_000_003 * stream)
         tasks = task_env.sample_tasks(n_tasks)
-        rng = np.random.default_rng([self.config.seed, _TEST_STREAM])
+        rng = np.random.default_rng([self.config.seed, stream])
         theta = {k: v.detach() for k, v in self.params.items()}
         alpha = self.config.meta.inner_lr
         lrs = [alpha] + [alpha / 2] * max(steps - 1, 0)

@@ -46,6 +46,26 @@ class Trainable(Protocol):
 
 
 @dataclass(frozen=True)
+class Selection:
+    """Which metric picks the best iteration (a validation score, never a test one).
+
+    Every time an iteration reports ``metric`` with a better value than any before, its state
+    is kept as the run's *best* checkpoint (``checkpoints/best/``), beside the periodic ones.
+    """
+
+    metric: str
+    higher_is_better: bool = True
+
+    def improves(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats ``best`` (``None``: nothing kept yet). NaN never does."""
+        if math.isnan(value):
+            return False
+        if best is None:
+            return True
+        return value > best if self.higher_is_better else value < best
+
+
+@dataclass(frozen=True)
 class LoopSettings:
     """How long to train and how often to log and checkpoint."""
 
@@ -57,6 +77,7 @@ class LoopSettings:
     time_limit_s: float | None = None  # stop (with a checkpoint) once training took this long
     progress: bool = True
     progress_keys: tuple[str, ...] = ()
+    selection: Selection | None = None
 
 
 def ensure_finite(loss: Tensor, tensors: Iterable[Tensor]) -> None:
@@ -77,9 +98,11 @@ def run_training(trainable: Trainable, run: RunDir, settings: LoopSettings, resu
     With ``resume`` the newest complete checkpoint in the run folder is loaded first and the
     metrics written after it are dropped, so a resumed run reads as one that never stopped.
     A checkpoint is written every ``checkpoint_every`` iterations, at the end, and when the run
-    is interrupted (Ctrl-C), always of the last good state.
+    is interrupted (Ctrl-C), always of the last good state. With ``settings.selection`` the
+    state of the best-scoring iteration is also kept, in ``run.best_checkpoint``.
     """
     start, wall_offset = 0, 0.0
+    best = best_score(run) if resume else None
     if resume:
         checkpoint = latest_checkpoint(run.checkpoints)
         if checkpoint is None:
@@ -136,6 +159,12 @@ def run_training(trainable: Trainable, run: RunDir, settings: LoopSettings, resu
                     bar.set_postfix({k: _short(v) for k, v in shown.items()}, refresh=False)
                 if completed % settings.checkpoint_every == 0:
                     checkpoint_now(completed, wall)
+                selection = settings.selection
+                if selection is not None and selection.metric in values:
+                    score = float(values[selection.metric])
+                    if selection.improves(score, best):
+                        best = score
+                        _save_best(run, trainable, completed, wall, selection.metric, score)
                 if settings.time_limit_s is not None and wall >= settings.time_limit_s:
                     bar.write(f"time limit of {settings.time_limit_s:.0f} s reached")
                     break
@@ -152,6 +181,25 @@ def run_training(trainable: Trainable, run: RunDir, settings: LoopSettings, resu
     if completed % settings.checkpoint_every != 0 or completed == start:
         checkpoint_now(completed, time.perf_counter() - began)
     return completed
+
+
+def best_score(run: RunDir) -> float | None:
+    """The score of the run's best checkpoint, or ``None`` if it has none."""
+    checkpoint = latest_checkpoint(run.best_checkpoint)
+    return None if checkpoint is None else float(checkpoint.metadata["selection"]["value"])
+
+
+def _save_best(
+    run: RunDir, trainable: Trainable, step: int, wall: float, metric: str, value: float
+) -> None:
+    tensors, metadata = trainable.state()
+    save_checkpoint(
+        run.best_checkpoint,
+        step,
+        tensors,
+        {"trainable": metadata, "wall_time": wall, "selection": {"metric": metric, "value": value}},
+        keep=1,
+    )
 
 
 class _DeferredInterrupt:

@@ -4,6 +4,7 @@
 
     <run>/config.yaml      the resolved config the run was started with
     <run>/checkpoints/     ckpt_XXXXXXXX.{safetensors,json}
+    <run>/checkpoints/best the best iteration by the validation score, if the run keeps one
     <run>/metrics.csv      scalar metrics, one row per log call
     <run>/tb/              TensorBoard events
     <run>/eval/            evaluation results and figures
@@ -60,6 +61,11 @@ class RunDir:
     def checkpoints(self) -> Path:
         """Folder of checkpoints."""
         return self.path / "checkpoints"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        """Folder of the one checkpoint of the best-scoring iteration (validation score)."""
+        return self.checkpoints / "best"
 
     @property
     def metrics(self) -> Path:

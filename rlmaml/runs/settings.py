@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rlmaml.runs.config import check
-from rlmaml.runs.loop import LoopSettings
+from rlmaml.runs.loop import LoopSettings, Selection
 
 
 @dataclass
@@ -35,7 +35,12 @@ class RunSettings:
             f"must be >= 1, got {self.threads}",
         )
 
-    def loop(self, iterations: int, progress_keys: Sequence[str] = ()) -> LoopSettings:
+    def loop(
+        self,
+        iterations: int,
+        progress_keys: Sequence[str] = (),
+        selection: Selection | None = None,
+    ) -> LoopSettings:
         """The training loop's settings for a run of ``iterations`` meta-iterations."""
         return LoopSettings(
             iterations=iterations,
@@ -44,6 +49,7 @@ class RunSettings:
             keep_checkpoints=self.keep_checkpoints,
             progress=self.progress,
             progress_keys=tuple(progress_keys),
+            selection=selection,
             time_limit_s=None
             if self.time_limit_minutes is None
             else 60.0 * self.time_limit_minutes,

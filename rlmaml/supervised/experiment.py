@@ -11,7 +11,7 @@ from torch import Tensor
 
 from rlmaml.core import MetaLearner, adaptation_curve, detach_step_size
 from rlmaml.runs.evaluation import AdaptationResult, summarise
-from rlmaml.runs.loop import ensure_finite
+from rlmaml.runs.loop import Selection, ensure_finite
 from rlmaml.runs.state import capture_state, restore_state
 from rlmaml.supervised.config import SupervisedConfig
 from rlmaml.supervised.problems import Problem, build_problem
@@ -60,6 +60,13 @@ class SupervisedExperiment:
     def progress_keys(self) -> tuple[str, ...]:
         """Metrics shown on the progress bar."""
         return ("query_loss", f"val_{self.problem.metric}_post")
+
+    @property
+    def selection(self) -> Selection | None:
+        """The best iteration is the one with the best validation metric after adaptation."""
+        if not self.config.eval.val_every:
+            return None
+        return Selection(f"val_{self.problem.metric}_post", self.problem.higher_is_better)
 
     def close(self) -> None:
         """Nothing to release (RL experiments close their samplers)."""

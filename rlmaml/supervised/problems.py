@@ -46,6 +46,7 @@ class Problem:
         task_loss: ``task_loss(params, (x, y)) -> scalar`` for one task.
         task_metric: the reported metric for one task (MSE, or accuracy in percent).
         metric: the metric's name.
+        higher_is_better: whether a larger metric is better (accuracy) or worse (a loss).
         train_tasks: ``train_tasks(n, rng)`` draws meta-training tasks.
         test_tasks: ``test_tasks(n, rng)`` draws held-out tasks (unseen functions or classes).
         reference: published numbers to draw beside the run's adaptation curve.
@@ -56,6 +57,7 @@ class Problem:
     task_loss: TaskLoss
     task_metric: TaskLoss
     metric: str
+    higher_is_better: bool
     train_tasks: TaskSource
     test_tasks: TaskSource
     reference: dict[str, tuple[list[int], list[float]]] = field(default_factory=dict)
@@ -99,6 +101,7 @@ def _sinusoid(config: SupervisedConfig) -> Problem:
         task_loss=loss,
         task_metric=loss,
         metric="mse",
+        higher_is_better=False,
         train_tasks=lambda n, rng: family.sample(n, settings.k_support, settings.k_query, rng),
         test_tasks=lambda n, rng: family.sample(n, settings.k_support, settings.eval_k_query, rng),
         reference=PAPER_RESULTS["sinusoid"],
@@ -123,6 +126,7 @@ def _omniglot(config: SupervisedConfig) -> Problem:
         task_loss=criterion_loss(model, F.cross_entropy),
         task_metric=accuracy_percent(model),
         metric="accuracy",
+        higher_is_better=True,
         train_tasks=samplers[0].sample,
         test_tasks=samplers[1].sample,
         reference=PAPER_RESULTS.get(name, {}),
