@@ -39,11 +39,19 @@ class OmniglotSettings:
     train_classes: int = 1200
     split_seed: int = 0  # which characters are held out; fixed so every run tests on the same
     filters: int = 64
-    batch_norm: Literal["transductive", "none"] = "transductive"
+    # transductive: batch statistics everywhere (the paper's code); per_step: MAML++'s per-step
+    # parameters and running statistics, used at evaluation; none: no normalisation
+    batch_norm: Literal["transductive", "per_step", "none"] = "transductive"
+    batch_norm_momentum: float = 0.1  # per_step: weight of a new batch in the running averages
 
     def __post_init__(self) -> None:
         for name in ("ways", "shots", "query_shots", "train_classes", "filters"):
             check(getattr(self, name) >= 1, name, f"must be >= 1, got {getattr(self, name)}")
+        check(
+            0.0 < self.batch_norm_momentum <= 1.0,
+            "batch_norm_momentum",
+            f"must be in (0, 1], got {self.batch_norm_momentum}",
+        )
 
 
 @dataclass

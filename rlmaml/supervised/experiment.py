@@ -9,11 +9,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rlmaml.core import MetaLearner, adaptation_curve, detach_step_size
+from rlmaml.core import MetaLearner, adaptation_curve, detach_step_size, module_buffers
 from rlmaml.runs.evaluation import AdaptationResult, summarise
 from rlmaml.runs.loop import Selection, ensure_finite
 from rlmaml.runs.state import capture_state, restore_state
 from rlmaml.supervised.config import SupervisedConfig
+from rlmaml.supervised.per_step import PerStepLearner, has_per_step_batch_norm
 from rlmaml.supervised.problems import Problem, build_problem
 from rlmaml.supervised.tasks import TaskBatch
 
@@ -34,7 +35,10 @@ class SupervisedExperiment:
         self.problem = problem if problem is not None else build_problem(config)
         self.problem.model.to(self.device)
         meta = config.meta
-        self.learner = MetaLearner(
+        learner_class = (
+            PerStepLearner if has_per_step_batch_norm(self.problem.model) else MetaLearner
+        )
+        self.learner = learner_class(
             self.problem.model,
             self.problem.task_loss,
             algorithm=meta.algorithm,
@@ -86,21 +90,25 @@ class SupervisedExperiment:
         return values
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
-        tensors, metadata = capture_state(
-            self.learner.state_tensors(), self.optimizer, {"tasks": self.rng}
-        )
+        tensors, metadata = capture_state(self._tensors(), self.optimizer, {"tasks": self.rng})
         return tensors, {**metadata, "vectorize": self.learner.vectorize}
 
     def load_state(self, tensors: Mapping[str, Tensor], metadata: Mapping[str, Any]) -> None:
         restore_state(
             tensors,
             metadata,
-            self.learner.state_tensors(),
+            self._tensors(),
             self.optimizer,
             {"tasks": self.rng},
             learning_rate=self.config.meta.meta_lr,
         )
         self.learner.vectorize = metadata["vectorize"]
+
+    def _tensors(self) -> dict[str, Tensor]:
+        """The meta-parameters and the model's buffers (per-step BatchNorm's running
+        statistics, under ``buffers/``): what a checkpoint must hold to continue the run."""
+        buffers = module_buffers(self.problem.model)
+        return {**self.learner.state_tensors(), **{f"buffers/{n}": b for n, b in buffers.items()}}
 
     # -- evaluation ----------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
@@ -117,19 +125,26 @@ class SupervisedExperiment:
         for start in range(0, n_tasks, self.config.eval.batch):
             count = min(self.config.eval.batch, n_tasks - start)
             batch = self.problem.test_tasks(count, rng).to(self.device)
-            per_task.append(
-                adaptation_curve(
-                    self.learner.params,
-                    self.problem.task_loss,
-                    self.problem.task_metric,
-                    *_support_query(batch),
-                    steps=steps,
-                    lr=detach_step_size(self.learner.step_size()),
-                    vectorize=self.learner.vectorize is not False,
-                    chunk_size=self.config.meta.chunk_size,
-                ).cpu()
-            )
+            per_task.append(self._adaptation_curve(batch, steps).cpu())
         return summarise(self.problem.metric, torch.cat(per_task))
+
+    def _adaptation_curve(self, batch: TaskBatch, steps: int) -> Tensor:
+        """The metric on each task's query set after 0..``steps`` inner steps, ``[tasks, steps
+        + 1]``; per-step BatchNorm evaluates with its running statistics."""
+        if isinstance(self.learner, PerStepLearner):
+            return self.learner.adaptation_curve(
+                self.problem.task_metric, *_support_query(batch), steps=steps
+            )
+        return adaptation_curve(
+            self.learner.params,
+            self.problem.task_loss,
+            self.problem.task_metric,
+            *_support_query(batch),
+            steps=steps,
+            lr=detach_step_size(self.learner.step_size()),
+            vectorize=self.learner.vectorize is not False,
+            chunk_size=self.config.meta.chunk_size,
+        )
 
 
 def _support_query(batch: TaskBatch) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:

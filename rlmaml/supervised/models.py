@@ -1,7 +1,9 @@
 """The paper's reference networks for supervised meta-learning.
 
-Both are ordinary ``nn.Module`` s; the MAML core evaluates them functionally. They contain no
-state that changes during a forward pass, so one forward pass can be ``vmap``-ed over tasks.
+Both are ordinary ``nn.Module`` s; the MAML core evaluates them functionally. No forward pass
+changes any state (the running statistics of per-step BatchNorm are updated by the learner
+between meta-iterations, see :mod:`rlmaml.supervised.per_step`), so one forward pass can be
+``vmap``-ed over tasks.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-BatchNormMode = Literal["transductive", "none"]
+BatchNormMode = Literal["transductive", "per_step", "none"]
+BATCH_NORM_MODES: tuple[str, ...] = ("transductive", "per_step", "none")
+Statistics = tuple[Tensor, Tensor]  # per-channel (mean, unbiased variance)
 
 
 class SinusoidMLP(nn.Module):
@@ -53,6 +57,77 @@ class BatchStatNorm2d(nn.Module):
         return centred * scale + self.bias[:, None, None]
 
 
+class PerStepBatchNorm2d(nn.Module):
+    """Batch normalisation with its own scale, shift and running statistics per inner step.
+
+    MAML++'s per-step BatchNorm weights and biases (BNWB) and per-step running statistics
+    (BNRS) (Antoniou et al. 2019, "How to train your MAML"): the forward pass of inner step
+    ``k`` (the query forward after the last of ``K`` inner steps is step ``K``) normalises
+    with row ``k`` of ``weight``, ``bias``, ``running_mean`` and ``running_var``, each of shape
+    ``[steps, channels]`` with ``steps = K + 1``. A step beyond the last row uses the last row,
+    so a network meta-trained with ``K`` inner steps can be evaluated with more.
+
+    The forward pass only reads the running statistics; it returns the statistics it used, and
+    :meth:`update_running_stats` folds batch statistics in afterwards. Writing into a buffer
+    inside the forward pass would fail under ``vmap`` (every task would write its own values
+    into one unbatched tensor).
+
+    Args:
+        channels: feature channels.
+        steps: rows of parameters and statistics, ``K + 1`` for ``K`` inner steps.
+        momentum: weight of a new batch in the running averages (as in ``nn.BatchNorm2d``).
+        eps: added to the variance before its square root.
+    """
+
+    def __init__(self, channels: int, steps: int, momentum: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if not 0.0 < momentum <= 1.0:
+            raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+        self.steps, self.momentum, self.eps = steps, momentum, eps
+        self.weight = nn.Parameter(torch.ones(steps, channels))
+        self.bias = nn.Parameter(torch.zeros(steps, channels))
+        self.register_buffer("running_mean", torch.zeros(steps, channels))
+        self.register_buffer("running_var", torch.ones(steps, channels))
+
+    def forward(
+        self, x: Tensor, step: int, *, running_stats: bool = False
+    ) -> tuple[Tensor, Statistics]:
+        """``x`` normalised for inner step ``step``, and the statistics that normalised it.
+
+        With ``running_stats=False`` (meta-training) the statistics are those of the batch and
+        are returned as ``(mean, unbiased variance)``, detached, the quantities the running
+        averages track (as in ``nn.BatchNorm2d``, the normalisation itself divides by the
+        biased variance). With ``running_stats=True`` (evaluation) the running statistics of
+        the step normalise each example independently of the rest of the batch.
+        """
+        row = min(step, self.steps - 1)
+        weight, bias = self.weight[row][:, None, None], self.bias[row][:, None, None]
+        if running_stats:
+            mean, variance = self.running_mean[row], self.running_var[row]
+            scale = torch.rsqrt(variance + self.eps)[:, None, None] * weight
+            return (x - mean[:, None, None]) * scale + bias, (mean, variance)
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        centred = x - mean
+        variance = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)
+        n = x.numel() // x.shape[1]
+        unbiased = variance.flatten() * (n / max(n - 1, 1))
+        scale = torch.rsqrt(variance + self.eps) * weight
+        return centred * scale + bias, (mean.flatten().detach(), unbiased.detach())
+
+    @torch.no_grad()
+    def update_running_stats(self, step: int, mean: Tensor, variance: Tensor) -> None:
+        """Fold one step's batch statistics into its running averages (exponential moving
+        average with weight ``momentum`` on the new values)."""
+        self.running_mean[step].lerp_(mean, self.momentum)
+        self.running_var[step].lerp_(variance, self.momentum)
+
+    def extra_repr(self) -> str:
+        channels = self.weight.shape[1]
+        return f"{channels}, steps={self.steps}, momentum={self.momentum}, eps={self.eps}"
+
+
 class ConvNet(nn.Module):
     """Four blocks of [3x3 conv, ``filters`` channels, stride 2, BatchNorm, ReLU] and a linear head.
 
@@ -65,8 +140,23 @@ class ConvNet(nn.Module):
             current batch, in training, inner steps and evaluation alike; no running averages are
             kept. At test time a task's support (or query) set is normalised with its own
             statistics, which is why this mode is called transductive.
+        ``per_step`` (MAML++): every inner step ``0..inner_steps`` has its own scale, shift and
+            running statistics (:class:`PerStepBatchNorm2d`). Meta-training normalises with
+            batch statistics; evaluation normalises with the running statistics of the step,
+            so each query example is classified independently of the others. The forward pass
+            needs the step index; :class:`~rlmaml.supervised.per_step.PerStepLearner` passes it
+            and updates the running statistics.
         ``none``: no normalisation layers (for comparison and for models that need to run with
             a batch of one).
+
+    Args:
+        n_classes: outputs of the linear head.
+        in_channels: channels of the input images.
+        filters: channels of every convolution.
+        batch_norm: one of the modes above.
+        inner_steps: ``per_step`` only: inner steps of meta-training (``inner_steps + 1`` rows
+            of per-step parameters and statistics).
+        momentum: ``per_step`` only: weight of a new batch in the running averages.
     """
 
     def __init__(
@@ -75,20 +165,54 @@ class ConvNet(nn.Module):
         in_channels: int = 1,
         filters: int = 64,
         batch_norm: BatchNormMode = "transductive",
+        inner_steps: int = 1,
+        momentum: float = 0.1,
     ) -> None:
         super().__init__()
-        if batch_norm not in ("transductive", "none"):
-            raise ValueError(f"batch_norm must be 'transductive' or 'none', got {batch_norm!r}")
+        if batch_norm not in BATCH_NORM_MODES:
+            raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
+        self.batch_norm = batch_norm
         blocks: list[nn.Module] = []
         channels = in_channels
         for _ in range(4):
             blocks.append(nn.Conv2d(channels, filters, kernel_size=3, stride=2, padding=1))
             if batch_norm == "transductive":
                 blocks.append(BatchStatNorm2d(filters))
+            elif batch_norm == "per_step":
+                blocks.append(PerStepBatchNorm2d(filters, inner_steps + 1, momentum))
             blocks.append(nn.ReLU())
             channels = filters
         self.features = nn.Sequential(*blocks)
         self.head = nn.Linear(filters, n_classes)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x).mean(dim=(-2, -1)))
+    def forward(
+        self,
+        x: Tensor,
+        step: int | None = None,
+        *,
+        running_stats: bool = False,
+        return_stats: bool = False,
+    ) -> Tensor | tuple[Tensor, dict[str, Statistics]]:
+        """Class scores for the images ``x`` (``[batch, channels, H, W]``).
+
+        Args:
+            x: the images.
+            step: ``per_step`` only (required there): the inner step of this forward pass.
+            running_stats: ``per_step`` only: normalise with the running statistics
+                (evaluation) instead of the batch's (meta-training).
+            return_stats: also return the batch statistics of every per-step BatchNorm layer,
+                ``{module name: (mean, unbiased variance)}`` (empty with ``running_stats`` or
+                in the other modes), for the learner to fold into the running averages.
+        """
+        statistics: dict[str, Statistics] = {}
+        for index, layer in enumerate(self.features):
+            if isinstance(layer, PerStepBatchNorm2d):
+                if step is None:
+                    raise ValueError("per_step BatchNorm needs the inner step index (step=...)")
+                x, used = layer(x, step, running_stats=running_stats)
+                if not running_stats:
+                    statistics[f"features.{index}"] = used
+            else:
+                x = layer(x)
+        scores = self.head(x.mean(dim=(-2, -1)))
+        return (scores, statistics) if return_stats else scores

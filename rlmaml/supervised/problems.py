@@ -10,12 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rlmaml.core import Params, TaskLoss, functional_forward
+from rlmaml.core import Params, TaskLoss
 from rlmaml.supervised.config import SupervisedConfig
 from rlmaml.supervised.episodes import EpisodeSampler
 from rlmaml.supervised.models import ConvNet, SinusoidMLP
@@ -43,7 +45,9 @@ class Problem:
     Attributes:
         name: a short identifier (``sinusoid``, ``omniglot-5w1s``).
         model: the network whose parameters are meta-learned.
-        task_loss: ``task_loss(params, (x, y)) -> scalar`` for one task.
+        task_loss: ``task_loss(params, (x, y)) -> scalar`` for one task. For a network with
+            per-step BatchNorm it must also pass keyword arguments to the model, as
+            :func:`criterion_loss` does (and ``task_metric`` likewise).
         task_metric: the reported metric for one task (MSE, or accuracy in percent).
         metric: the metric's name.
         higher_is_better: whether a larger metric is better (accuracy) or worse (a loss).
@@ -65,23 +69,39 @@ class Problem:
 
 def criterion_loss(model: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]) -> TaskLoss:
     """``criterion(model(x), y)`` on one task's ``(x, y)``, e.g. ``F.mse_loss`` or
-    ``F.cross_entropy``."""
+    ``F.cross_entropy``.
 
-    def loss(params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+    Keyword arguments of the loss go to the model's forward pass, which is how per-step
+    BatchNorm learns the inner step (``loss(params, data, step=k)``). When they make the model
+    return ``(output, statistics)`` (``return_stats=True``), the loss returns
+    ``(loss, statistics)``.
+    """
+
+    def loss(params: Params, data: tuple[Tensor, Tensor], **forward: Any) -> Any:
         x, y = data
-        return criterion(functional_forward(model, params, x), y)
+        output = _forward(model, params, x, forward)
+        if isinstance(output, tuple):
+            scores, statistics = output
+            return criterion(scores, y), statistics
+        return criterion(output, y)
 
     return loss
 
 
 def accuracy_percent(model: nn.Module) -> TaskLoss:
-    """Percentage of one task's ``(x, labels)`` that ``model`` classifies correctly."""
+    """Percentage of one task's ``(x, labels)`` that ``model`` classifies correctly; keyword
+    arguments go to the model's forward pass, as for :func:`criterion_loss`."""
 
-    def metric(params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+    def metric(params: Params, data: tuple[Tensor, Tensor], **forward: Any) -> Tensor:
         x, y = data
-        return (functional_forward(model, params, x).argmax(-1) == y).float().mean() * 100.0
+        return (_forward(model, params, x, forward).argmax(-1) == y).float().mean() * 100.0
 
     return metric
+
+
+def _forward(model: nn.Module, params: Params, x: Tensor, options: dict[str, Any]) -> Any:
+    """``model(x, **options)`` with ``params`` in place of the model's own parameters."""
+    return torch.func.functional_call(model, params, (x,), options, strict=False)
 
 
 def build_problem(config: SupervisedConfig) -> Problem:
@@ -118,7 +138,13 @@ def _omniglot(config: SupervisedConfig) -> Problem:
         EpisodeSampler(images, settings.ways, settings.shots, settings.query_shots, settings.rotate)
         for images in (train_images, test_images)
     ]
-    model = ConvNet(settings.ways, filters=settings.filters, batch_norm=settings.batch_norm)
+    model = ConvNet(
+        settings.ways,
+        filters=settings.filters,
+        batch_norm=settings.batch_norm,
+        inner_steps=config.meta.inner_steps,
+        momentum=settings.batch_norm_momentum,
+    )
     name = f"omniglot-{settings.ways}w{settings.shots}s"
     return Problem(
         name=name,
