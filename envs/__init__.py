@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import gymnasium
 
-from envs.protocol import Task, TaskFamily, require_task_family
+from envs.protocol import BatchedTaskFamily, Task, TaskFamily, require_task_family
 
 
 class TaskFamilySpec(NamedTuple):
@@ -26,7 +26,8 @@ class TaskFamilySpec(NamedTuple):
         id: the Gymnasium id, ``"rlmaml/<Name>-v<N>"``.
         entry_point: ``"module:Class"`` of the Gymnasium environment.
         max_episode_steps: the horizon H, enforced by Gymnasium's ``TimeLimit`` (truncation).
-        batched_entry_point: ``"module:Class"`` of a natively batched implementation, or None.
+        batched_entry_point: ``"module:Class"`` of a natively batched implementation (an
+            :class:`~envs.protocol.BatchedTaskFamily`), or None.
     """
 
     id: str
@@ -69,7 +70,7 @@ def register_task_families() -> None:
             )
 
 
-def batched_env_for(env_id: str) -> type | None:
+def batched_env_for(env_id: str) -> type[BatchedTaskFamily] | None:
     """The natively batched implementation of ``env_id``, or None if it has none.
 
     Samplers use this to step all copies of a family in one NumPy call when they can, and fall
@@ -96,6 +97,7 @@ register_task_families()
 
 __all__ = [
     "TASK_FAMILY_IDS",
+    "BatchedTaskFamily",
     "Task",
     "TaskFamily",
     "TaskFamilySpec",

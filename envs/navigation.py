@@ -189,7 +189,8 @@ class BatchedNavigation2D:
     For the same goals and actions, observations, rewards and termination flags equal those of
     ``gymnasium.make("rlmaml/Navigation2D-v0")`` up to each copy's end, bit for bit; and
     ``truncated`` is True for exactly the copies still running at the horizon, as ``TimeLimit``
-    sets it.
+    sets it. Samplers use it through :meth:`reset_tasks` (the
+    :class:`~envs.protocol.BatchedTaskFamily` protocol).
 
     Args:
         max_action: bound on each displacement coordinate.
@@ -280,6 +281,19 @@ class BatchedNavigation2D:
         self._done = np.zeros(n, dtype=bool)
         self._elapsed = 0
         return self._positions.copy()
+
+    def reset_tasks(self, tasks: Sequence[Task], seeds: Sequence[int] | np.ndarray) -> np.ndarray:
+        """:meth:`reset` with copy ``i`` aiming at ``tasks[i]["goal"]``, as samplers call it.
+
+        Args:
+            tasks: N Navigation2D tasks, one per copy.
+            seeds: N reset seeds, one per copy. Unused: every episode starts at the origin and
+                the dynamics are deterministic, so the single env's ``reset(seed=...)`` draws
+                nothing either.
+        """
+        if len(seeds) != len(tasks):
+            raise ValueError(f"need one reset seed per task, got {len(seeds)} for {len(tasks)}")
+        return self.reset(self.goals_from_tasks(tasks))
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Move every running copy by its clipped action.

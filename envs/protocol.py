@@ -11,7 +11,10 @@ in run folders and sent to worker processes as they are, with no pickled NumPy a
 from __future__ import annotations
 
 import inspect
-from typing import Any, Protocol, runtime_checkable
+from collections.abc import Sequence
+from typing import Any, Protocol, Self, runtime_checkable
+
+import numpy as np
 
 Task = dict[str, Any]
 """One task: a JSON-able dict of the task's parameters (lists and floats, no arrays)."""
@@ -44,6 +47,46 @@ class TaskFamily(Protocol):
     @property
     def task(self) -> Task | None:
         """The current task (a copy), or None before any task was set or drawn."""
+        ...
+
+
+class BatchedTaskFamily(Protocol):
+    """A natively batched twin of a task family: N copies, each with its own task, stepped at once.
+
+    Samplers use one (found with :func:`envs.batched_env_for`) instead of N Gymnasium envs
+    stepped one by one. Copies run in lockstep from :meth:`reset_tasks` for at most
+    :attr:`horizon` steps; a copy that is done (terminated, or truncated at the horizon) stays
+    done, keeps its last observation and gets reward 0. For the same tasks, reset seeds and
+    actions, every copy reproduces the Gymnasium env made with ``gymnasium.make`` (reset with
+    ``reset(seed=...)`` after ``set_task``) up to its end, so trajectories do not depend on which
+    implementation a sampler used.
+    """
+
+    horizon: int
+    """Steps after which every running copy is truncated (the env's ``TimeLimit``)."""
+
+    @classmethod
+    def from_env(cls, env: Any) -> Self:
+        """The batched twin of ``env`` (made with ``gymnasium.make``): its configuration and
+        time limit."""
+        ...
+
+    @property
+    def active(self) -> np.ndarray:
+        """Bool ``[N]``: copies whose next step will be a real transition (not done yet)."""
+        ...
+
+    def reset_tasks(self, tasks: Sequence[Task], seeds: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Start N episodes, copy ``i`` with task ``tasks[i]`` and reset seed ``seeds[i]``.
+
+        Returns:
+            ``[N, obs_dim]`` observations.
+        """
+        ...
+
+    def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Step every running copy; returns ``(observations, rewards, terminated, truncated)``,
+        each with a leading copy axis."""
         ...
 
 

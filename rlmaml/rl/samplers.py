@@ -40,7 +40,7 @@ from gymnasium import spaces
 from torch import Tensor, nn
 
 from envs import batched_env_for, require_task_family
-from envs.protocol import Task, TaskFamily
+from envs.protocol import BatchedTaskFamily, Task, TaskFamily
 from rlmaml.core.params import Params
 from rlmaml.rl.distributions import Distribution
 from rlmaml.rl.policies import distribution, per_task_distribution
@@ -143,18 +143,19 @@ def _space_sizes(env: gymnasium.Env) -> tuple[int, int]:
 
 
 class _NativeBatchedEnvs:
-    """All ``T * E`` copies of a natively batched family (Navigation2D), one NumPy call a step.
+    """All ``T * E`` copies of a natively batched family, stepped together.
+
+    Navigation2D steps in one NumPy call; no Gymnasium env, wrapper or ``info`` dict is involved
+    per step.
 
     Args:
-        batched_type: the batched class from :func:`envs.batched_env_for`; it provides
-            ``from_env``, ``goals_from_tasks``, ``reset(goals)``, ``step(actions)`` and
-            ``active``.
-        env: the family's registered env from ``gymnasium.make``, whose coefficients and time
+        batched_type: the :class:`~envs.protocol.BatchedTaskFamily` class from
+            :func:`envs.batched_env_for`.
+        env: the family's registered env from ``gymnasium.make``, whose configuration and time
             limit the batched copies take over.
     """
 
-    def __init__(self, batched_type: type, env: gymnasium.Env) -> None:
-        self._batched_type = batched_type
+    def __init__(self, batched_type: type[BatchedTaskFamily], env: gymnasium.Env) -> None:
         self._env = env
         self._batched = batched_type.from_env(env)
         self.obs_dim, self.act_dim = _space_sizes(env)
@@ -170,16 +171,20 @@ class _NativeBatchedEnvs:
 
         Args:
             tasks: the ``T`` tasks.
-            seeds: ``[T, E]`` reset seeds, one per episode. Unused: this family starts every
-                episode in the same state.
+            seeds: ``[T, E]`` reset seeds, one per episode.
+
+        Returns:
+            float32 observations ``[N, obs_dim]``, rounded as the Gymnasium pool's buffer does.
         """
-        goals = self._batched_type.goals_from_tasks(tasks)
-        return self._batched.reset(np.repeat(goals, seeds.shape[1], axis=0))
+        episodes_per_task = seeds.shape[1]
+        copies = [task for task in tasks for _ in range(episodes_per_task)]
+        observations = self._batched.reset_tasks(copies, seeds.ravel())
+        return np.asarray(observations, dtype=np.float32)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Step every copy; returns observations ``[N, obs_dim]`` and rewards ``[N]``."""
+        """Step every copy; returns float32 observations ``[N, obs_dim]`` and rewards ``[N]``."""
         observations, rewards, _, _ = self._batched.step(actions)
-        return observations, rewards
+        return np.asarray(observations, dtype=np.float32), rewards
 
     def close(self) -> None:
         self._env.close()
@@ -285,10 +290,11 @@ class VectorizedSampler(Sampler):
 
     Each time step evaluates the policy once for every episode (one ``vmap``-ed forward over
     the task axis, or one plain forward when all tasks share parameters) and then steps the
-    environments: a natively batched family (see :func:`envs.batched_env_for`) in one NumPy
-    call, any other task family as a pool of Gymnasium envs stepped in a Python loop. Actions
-    go to the environment as sampled (environments clip); the trajectories record the sampled
-    action and its log-probability under the behaviour policy, and hold zeros at padding steps.
+    environments: a natively batched family (see :func:`envs.batched_env_for`) all copies
+    together, any other task family as a pool of Gymnasium envs stepped in a Python loop.
+    Actions go to the environment as sampled (environments clip); the trajectories record the
+    sampled action and its log-probability under the behaviour policy, and hold zeros at
+    padding steps.
 
     Args:
         env_id: a registered Gymnasium id of a task family (``rlmaml/Navigation2D-v0``, ...).
