@@ -171,3 +171,21 @@ def test_per_task_mlp_path_equals_vmap(make):
     reference = torch.func.vmap(lambda p, o: functional_forward(policy, p, o))(stacked, obs)
     for ours, theirs in zip(fast, reference, strict=True):
         torch.testing.assert_close(ours, theirs.expand_as(ours))
+
+
+def test_policies_start_from_the_paper_codes_initialisation():
+    torch.manual_seed(0)
+    paper = GaussianMLPPolicy(2, 2, hidden=(100, 100))
+    for layer in (m for m in paper.mean if isinstance(m, torch.nn.Linear)):
+        fan_out, fan_in = layer.weight.shape
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5  # Xavier-uniform
+        assert layer.weight.abs().max() <= bound
+        assert layer.weight.abs().max() > 0.9 * bound
+        assert torch.count_nonzero(layer.bias) == 0
+    torch.manual_seed(0)
+    default = GaussianMLPPolicy(2, 2, hidden=(100, 100), init="torch")
+    first = default.mean[0]
+    assert first.weight.abs().max() > (6.0 / 102) ** 0.5  # nn.Linear's 1/sqrt(2) bound
+    assert torch.count_nonzero(first.bias) > 0
+    with pytest.raises(ValueError, match="init must be"):
+        CategoricalMLPPolicy(2, 3, init="orthogonal")

@@ -40,6 +40,7 @@ class PolicySettings:
 
     hidden: list[int] = field(default_factory=lambda: [100, 100])
     init_std: float = 1.0
+    init: Literal["xavier", "torch"] = "xavier"  # the paper code's, or nn.Linear's default
 
     def __post_init__(self) -> None:
         check(all(h >= 1 for h in self.hidden), "hidden", f"sizes must be >= 1, got {self.hidden}")

@@ -66,9 +66,13 @@ def make_policy(config: RLConfig, env: gymnasium.Env) -> torch.nn.Module:
     hidden = tuple(config.policy.hidden)
     if isinstance(env.action_space, gymnasium.spaces.Box):
         act_dim = int(np.prod(env.action_space.shape))
-        return GaussianMLPPolicy(obs_dim, act_dim, hidden, init_std=config.policy.init_std)
+        return GaussianMLPPolicy(
+            obs_dim, act_dim, hidden, init_std=config.policy.init_std, init=config.policy.init
+        )
     if isinstance(env.action_space, gymnasium.spaces.Discrete):
-        return CategoricalMLPPolicy(obs_dim, int(env.action_space.n), hidden)
+        return CategoricalMLPPolicy(
+            obs_dim, int(env.action_space.n), hidden, init=config.policy.init
+        )
     raise TypeError(f"{config.env.id}: unsupported action space {env.action_space}")
 
 

@@ -10,6 +10,7 @@ adapted parameters.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -17,12 +18,28 @@ from torch import Tensor, nn
 from rlmaml.core import Params, functional_forward
 from rlmaml.rl.distributions import Categorical, DiagGaussian, Distribution
 
+Init = Literal["xavier", "torch"]
 
-def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
-    """Linear layers of the given sizes with ``activation`` between them (none at the end)."""
+
+def mlp(
+    sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, init: Init = "xavier"
+) -> nn.Sequential:
+    """Linear layers of the given sizes with ``activation`` between them (none at the end).
+
+    ``init="xavier"`` is the paper code's (rllab) initialisation: Xavier-uniform weights and
+    zero biases. It matters for MAML: the initial sensitivity of the network to an inner step
+    depends on it (with PyTorch's default, the first layer's weights are about three times
+    larger for a 2-D input). ``init="torch"`` keeps ``nn.Linear``'s default.
+    """
+    if init not in ("xavier", "torch"):
+        raise ValueError(f"init must be 'xavier' or 'torch', got {init!r}")
     layers: list[nn.Module] = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(fan_in, fan_out))
+        linear = nn.Linear(fan_in, fan_out)
+        if init == "xavier":
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        layers.append(linear)
         if i < len(sizes) - 2:
             layers.append(activation())
     return nn.Sequential(*layers)
@@ -40,11 +57,12 @@ class GaussianMLPPolicy(nn.Module):
         act_dim: int,
         hidden: Sequence[int] = (100, 100),
         init_std: float = 1.0,
+        init: Init = "xavier",
     ) -> None:
         super().__init__()
         if init_std <= 0:
             raise ValueError(f"init_std must be > 0, got {init_std}")
-        self.mean = mlp([obs_dim, *hidden, act_dim])
+        self.mean = mlp([obs_dim, *hidden, act_dim], init=init)
         self.log_std = nn.Parameter(torch.full((act_dim,), float(torch.tensor(init_std).log())))
 
     def forward(self, obs: Tensor) -> DiagGaussian:
@@ -55,9 +73,15 @@ class GaussianMLPPolicy(nn.Module):
 class CategoricalMLPPolicy(nn.Module):
     """Categorical policy over ``n_actions`` discrete actions: an MLP producing logits."""
 
-    def __init__(self, obs_dim: int, n_actions: int, hidden: Sequence[int] = (100, 100)) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        n_actions: int,
+        hidden: Sequence[int] = (100, 100),
+        init: Init = "xavier",
+    ) -> None:
         super().__init__()
-        self.logits = mlp([obs_dim, *hidden, n_actions])
+        self.logits = mlp([obs_dim, *hidden, n_actions], init=init)
 
     def forward(self, obs: Tensor) -> Categorical:
         return Categorical(self.logits(obs))
