@@ -43,12 +43,27 @@ _FAMILIES: tuple[TaskFamilySpec, ...] = (
         100,
         "envs.navigation:BatchedNavigation2D",
     ),
-    TaskFamilySpec("rlmaml/HalfCheetahVel-v0", "envs.cheetah:HalfCheetahVelEnv", 200),
-    TaskFamilySpec("rlmaml/HalfCheetahDir-v0", "envs.cheetah:HalfCheetahDirEnv", 200),
-    TaskFamilySpec("rlmaml/AntVel-v0", "envs.ant:AntVelEnv", 200),
-    TaskFamilySpec("rlmaml/AntDir-v0", "envs.ant:AntDirEnv", 200),
-    TaskFamilySpec("rlmaml/AntGoal-v0", "envs.ant:AntGoalEnv", 200),
-    TaskFamilySpec("rlmaml/HumanoidDir-v0", "envs.humanoid:HumanoidDirEnv", 200),
+    TaskFamilySpec(
+        "rlmaml/HalfCheetahVel-v0",
+        "envs.cheetah:HalfCheetahVelEnv",
+        200,
+        "envs.cheetah:BatchedHalfCheetah",
+    ),
+    TaskFamilySpec(
+        "rlmaml/HalfCheetahDir-v0",
+        "envs.cheetah:HalfCheetahDirEnv",
+        200,
+        "envs.cheetah:BatchedHalfCheetah",
+    ),
+    TaskFamilySpec("rlmaml/AntVel-v0", "envs.ant:AntVelEnv", 200, "envs.ant:BatchedAnt"),
+    TaskFamilySpec("rlmaml/AntDir-v0", "envs.ant:AntDirEnv", 200, "envs.ant:BatchedAnt"),
+    TaskFamilySpec("rlmaml/AntGoal-v0", "envs.ant:AntGoalEnv", 200, "envs.ant:BatchedAntGoal"),
+    TaskFamilySpec(
+        "rlmaml/HumanoidDir-v0",
+        "envs.humanoid:HumanoidDirEnv",
+        200,
+        "envs.humanoid:BatchedHumanoidDir",
+    ),
 )
 
 TASK_FAMILY_IDS: tuple[str, ...] = tuple(family.id for family in _FAMILIES)
@@ -73,8 +88,9 @@ def register_task_families() -> None:
 def batched_env_for(env_id: str) -> type[BatchedTaskFamily] | None:
     """The natively batched implementation of ``env_id``, or None if it has none.
 
-    Samplers use this to step all copies of a family in one NumPy call when they can, and fall
-    back to a Gymnasium vector env otherwise.
+    Samplers use this to step all copies of a family together (one NumPy call a step for
+    Navigation2D; for the MuJoCo families, one simulator call per copy and NumPy for the rest)
+    when they can, and fall back to a pool of Gymnasium envs otherwise.
 
     Args:
         env_id: a registered Gymnasium id (``rlmaml/`` or any other).

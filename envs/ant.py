@@ -19,6 +19,9 @@ reward terms and their weights. Common to all three:
   state is not finite (v5's ``is_healthy``, the paper's ``notdone``), and on an unstable
   simulation (see :mod:`envs.locomotion`); the 200-step horizon is Gymnasium's ``TimeLimit``.
 
+:class:`BatchedAnt` (AntVel, AntDir) and :class:`BatchedAntGoal` step many copies at once for
+the samplers and reproduce the single envs bit for bit (see :mod:`envs.batched_locomotion`).
+
 Differences from the paper's code (``maml_rl``, rllab ``ant.xml``) and why:
 
 - Model and time step: v5's ``ant.xml`` (RK4, timestep 0.01, ``frame_skip`` 5, ``dt = 0.05``,
@@ -55,6 +58,7 @@ import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
 
+from envs.batched_locomotion import BatchedLocomotion, sum_of_squares
 from envs.locomotion import (
     DirectionTasks,
     GoalTasks,
@@ -338,7 +342,7 @@ class AntGoalEnv(_AntTaskEnv):
         utils.EzPickle.__init__(self, **arguments)
 
     def _task_term(self, before: np.ndarray, after: np.ndarray) -> dict[str, float]:
-        goal = self._task_distribution.reward(self._task_value, after)
+        goal = float(self._task_distribution.reward(self._task_value, after))
         return {
             "reward_goal": self._forward_reward_weight * goal,
             "reward_offset": self._goal_reward_offset,
@@ -350,3 +354,80 @@ class AntGoalEnv(_AntTaskEnv):
         terms, info = super()._reward_terms(before, after, action)
         info["goal_distance"] = float(np.linalg.norm(after - self._task_value))
         return terms, info
+
+
+class BatchedAnt(BatchedLocomotion):
+    """Natively batched :class:`AntVelEnv` and :class:`AntDirEnv`.
+
+    N copies, each with its own task, stepped together (see :mod:`envs.batched_locomotion` for
+    what is batched); built with :meth:`from_env` from the family's single env, whose task
+    distribution and configuration it takes. Only the ant's pieces are here: the v5 observation
+    (with the clipped contact forces), the torso's xy as the tracked position, the reward terms
+    (task, survive, constant, control, contact) and termination outside the healthy height
+    range. :class:`BatchedAntGoal` changes the task term only.
+    """
+
+    _env_types: tuple[type, ...] = (AntVelEnv, AntDirEnv)
+    _fields = ("qpos", "qvel", "xpos", "cfrc_ext")
+
+    def __init__(self, env: Any, horizon: int) -> None:
+        super().__init__(env, horizon)
+        self._torso_id = env._torso_id
+
+    def _clipped_contact_forces(self) -> np.ndarray:
+        """``[N, nbody, 6]``: ``cfrc_ext`` clipped to the contact force range (v5's
+        ``contact_forces``)."""
+        low, high = self._env._contact_force_range
+        return np.clip(self._arrays["cfrc_ext"], low, high)
+
+    def _healthy(self) -> np.ndarray:
+        """Bool ``[N]``: v5's ``is_healthy``, a finite state with the torso height in range."""
+        qpos, qvel = self._arrays["qpos"], self._arrays["qvel"]
+        low, high = self._env._healthy_z_range
+        finite = np.isfinite(qpos).all(axis=1) & np.isfinite(qvel).all(axis=1)
+        return finite & (low <= qpos[:, 2]) & (qpos[:, 2] <= high)
+
+    def _observations(self) -> np.ndarray:
+        env = self._env
+        skip = 2 * int(env._exclude_current_positions_from_observation)
+        parts = [self._arrays["qpos"][:, skip:], self._arrays["qvel"]]
+        if env._include_cfrc_ext_in_observation:
+            parts.append(self._clipped_contact_forces()[:, 1:].reshape(self.num_envs, -1))
+        return np.concatenate(parts, axis=1)
+
+    def _tracked_positions(self) -> np.ndarray:
+        return self._arrays["xpos"][:, self._torso_id, :2].copy()
+
+    def _task_terms(self, before: np.ndarray, after: np.ndarray) -> dict[str, np.ndarray | float]:
+        """The task's reward term(s), ``reward_forward`` for velocity and direction tasks."""
+        x_velocity = (after[:, 0] - before[:, 0]) / self.dt
+        forward = self._distribution.reward(self._task_values, x_velocity)
+        return {"reward_forward": self._env._forward_reward_weight * forward}
+
+    def _reward_terms(
+        self, before: np.ndarray, after: np.ndarray, actions: np.ndarray
+    ) -> dict[str, np.ndarray | float]:
+        env = self._env
+        terms = self._task_terms(before, after)
+        terms["reward_survive"] = self._healthy() * env._healthy_reward
+        terms["reward_constant"] = env._constant_reward
+        terms["reward_ctrl"] = -(env._ctrl_cost_weight * sum_of_squares(actions))
+        contact = sum_of_squares(self._clipped_contact_forces())
+        terms["reward_contact"] = -(env._contact_cost_weight * contact)
+        return terms
+
+    def _task_terminated(self) -> np.ndarray | bool:
+        return self._env._terminate_when_unhealthy & ~self._healthy()
+
+
+class BatchedAntGoal(BatchedAnt):
+    """Natively batched :class:`AntGoalEnv`: :class:`BatchedAnt` with the goal's task terms."""
+
+    _env_types = (AntGoalEnv,)
+
+    def _task_terms(self, before: np.ndarray, after: np.ndarray) -> dict[str, np.ndarray | float]:
+        goal = self._distribution.reward(self._task_values, after)
+        return {
+            "reward_goal": self._env._forward_reward_weight * goal,
+            "reward_offset": self._env._goal_reward_offset,
+        }

@@ -13,6 +13,9 @@ change only the reward (and the control-cost weight). Common to both:
 - Never terminates, except on an unstable simulation (see :mod:`envs.locomotion`); the
   200-step horizon is Gymnasium's ``TimeLimit``.
 
+:class:`BatchedHalfCheetah` steps many copies of either family at once for the samplers and
+reproduces them bit for bit (see :mod:`envs.batched_locomotion`).
+
 Differences from the paper's code (``maml_rl``, rllab ``half_cheetah.xml``) and why:
 
 - Model and time step: v5's ``half_cheetah.xml`` with ``dt = 0.05`` (5 frames of 0.01 s);
@@ -36,6 +39,7 @@ import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
+from envs.batched_locomotion import BatchedLocomotion, sum_of_squares
 from envs.locomotion import (
     DirectionTasks,
     LocomotionTaskMixin,
@@ -172,3 +176,35 @@ class HalfCheetahDirEnv(_HalfCheetahTaskEnv):
             DirectionTasks(), forward_reward_weight, ctrl_cost_weight, clip_actions, task, **kwargs
         )
         utils.EzPickle.__init__(self, **arguments)
+
+
+class BatchedHalfCheetah(BatchedLocomotion):
+    """Natively batched :class:`HalfCheetahVelEnv` and :class:`HalfCheetahDirEnv`.
+
+    N copies, each with its own task, stepped together (see :mod:`envs.batched_locomotion` for
+    what is batched); built with :meth:`from_env` from the family's single env, whose task
+    distribution (velocity or direction) and configuration it takes. Only the cheetah's pieces
+    are here: the v5 observation, the root's x as the tracked position, the forward and control
+    terms. The cheetah never terminates on its own and reads no contact forces.
+    """
+
+    _env_types = (HalfCheetahVelEnv, HalfCheetahDirEnv)
+    _contact_forces = False
+
+    def _observations(self) -> np.ndarray:
+        skip = int(self._env._exclude_current_positions_from_observation)
+        return np.concatenate((self._arrays["qpos"][:, skip:], self._arrays["qvel"]), axis=1)
+
+    def _tracked_positions(self) -> np.ndarray:
+        return self._arrays["qpos"][:, :1].copy()
+
+    def _reward_terms(
+        self, before: np.ndarray, after: np.ndarray, actions: np.ndarray
+    ) -> dict[str, np.ndarray | float]:
+        env = self._env
+        x_velocity = (after[:, 0] - before[:, 0]) / self.dt
+        forward = self._distribution.reward(self._task_values, x_velocity)
+        return {
+            "reward_forward": env._forward_reward_weight * forward,
+            "reward_ctrl": -(env._ctrl_cost_weight * sum_of_squares(actions)),
+        }

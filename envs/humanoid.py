@@ -3,7 +3,8 @@
 Not in the MAML paper itself; the follow-ups (ProMP's ``HumanoidRandDirec``, the PyTorch
 ports) define it on Gymnasium's humanoid with its own reward terms, and so does this module:
 it extends ``Humanoid-v5`` (``gymnasium.envs.mujoco.humanoid_v5``) and changes only the sign of
-the forward term.
+the forward term. :class:`BatchedHumanoidDir` steps many copies at once for the samplers and
+reproduces the single env bit for bit (see :mod:`envs.batched_locomotion`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.humanoid_v5 import HumanoidEnv, mass_center
 
+from envs.batched_locomotion import BatchedLocomotion, sum_of_squares
 from envs.locomotion import (
     DirectionTasks,
     LocomotionTaskMixin,
@@ -117,3 +119,71 @@ class HumanoidDirEnv(LocomotionTaskMixin, HumanoidEnv):
 
     def _task_terminated(self) -> bool:
         return self._terminate_when_unhealthy and not self.is_healthy
+
+
+class BatchedHumanoidDir(BatchedLocomotion):
+    """Natively batched :class:`HumanoidDirEnv`.
+
+    N copies, each with its own direction, stepped together (see :mod:`envs.batched_locomotion`
+    for what is batched); built with :meth:`from_env` from the single env, whose configuration
+    it takes. Only the humanoid's pieces are here: the v5 observation (positions, velocities,
+    body inertias and velocities, actuator and contact forces, each as v5's switches say), the
+    mass-weighted centre of mass as the tracked position, the reward terms (forward, survive,
+    control, capped contact), termination outside the healthy height range, and v5's uniform
+    velocity noise at reset.
+    """
+
+    _env_types = (HumanoidDirEnv,)
+    _fields = ("qpos", "qvel", "xipos", "cinert", "cvel", "qfrc_actuator", "cfrc_ext")
+
+    def _healthy(self) -> np.ndarray:
+        """Bool ``[N]``: v5's ``is_healthy``, the root height strictly inside the range."""
+        low, high = self._env._healthy_z_range
+        height = self._arrays["qpos"][:, 2]
+        return (low < height) & (height < high)
+
+    def _observations(self) -> np.ndarray:
+        env, arrays, n = self._env, self._arrays, self.num_envs
+        skip = 2 * int(env._exclude_current_positions_from_observation)
+        parts = [arrays["qpos"][:, skip:], arrays["qvel"]]
+        if env._include_cinert_in_observation is True:
+            parts.append(arrays["cinert"][:, 1:].reshape(n, -1))
+        if env._include_cvel_in_observation is True:
+            parts.append(arrays["cvel"][:, 1:].reshape(n, -1))
+        if env._include_qfrc_actuator_in_observation is True:
+            parts.append(arrays["qfrc_actuator"][:, 6:])
+        if env._include_cfrc_ext_in_observation is True:
+            parts.append(arrays["cfrc_ext"][:, 1:].reshape(n, -1))
+        return np.concatenate(parts, axis=1)
+
+    def _tracked_positions(self) -> np.ndarray:
+        mass = self.model.body_mass
+        return (np.einsum("b,nbj->nj", mass, self._arrays["xipos"]) / mass.sum())[:, :2]
+
+    def _reward_terms(
+        self, before: np.ndarray, after: np.ndarray, actions: np.ndarray
+    ) -> dict[str, np.ndarray | float]:
+        env = self._env
+        x_velocity = (after[:, 0] - before[:, 0]) / self.dt
+        forward = self._distribution.reward(self._task_values, x_velocity)
+        low, high = env._contact_cost_range
+        contact = np.clip(
+            env._contact_cost_weight * sum_of_squares(self._arrays["cfrc_ext"]), low, high
+        )
+        return {
+            "reward_forward": env._forward_reward_weight * forward,
+            "reward_survive": self._healthy() * env._healthy_reward,
+            "reward_ctrl": -(env._ctrl_cost_weight * sum_of_squares(actions)),
+            "reward_contact": -contact,
+        }
+
+    def _task_terminated(self) -> np.ndarray | bool:
+        return self._env._terminate_when_unhealthy & ~self._healthy()
+
+    def _reset_state(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """v5's humanoid reset: uniform noise on positions and velocities alike."""
+        env = self._env
+        scale = env._reset_noise_scale
+        qpos = env.init_qpos + rng.uniform(low=-scale, high=scale, size=self.model.nq)
+        qvel = env.init_qvel + rng.uniform(low=-scale, high=scale, size=self.model.nv)
+        return qpos, qvel

@@ -24,6 +24,10 @@ raises: it returns the previous observation, reward 0, ``terminated=True`` and
 ``info["unstable"] = True`` (with the reward terms at 0 and MuJoCo's messages in
 ``info["mujoco_warnings"]``). Every other step has ``info["unstable"] = False``.
 
+Each family module also has a natively batched twin of its envs, built on
+:class:`envs.batched_locomotion.BatchedLocomotion` and organised like this mixin, which samplers
+use to step many copies with little Python per step; it reproduces the env bit for bit.
+
 MuJoCo's own warning messages (at model compilation and during steps) are captured while these
 environments compile or step, instead of going to stdout and a ``MUJOCO_LOG.TXT`` file in the
 working directory (MuJoCo's default): compile-time messages are logged once per process at INFO
@@ -142,8 +146,8 @@ class VelocityTasks:
         return {"velocity": velocity}
 
     @staticmethod
-    def reward(velocity: float, x_velocity: float) -> float:
-        """``-|x_velocity - velocity|``."""
+    def reward(velocity: Any, x_velocity: Any) -> Any:
+        """``-|x_velocity - velocity|``, for floats or elementwise for arrays of copies."""
         return -abs(x_velocity - velocity)
 
 
@@ -174,8 +178,8 @@ class DirectionTasks:
         return {"direction": direction}
 
     @staticmethod
-    def reward(direction: float, x_velocity: float) -> float:
-        """``direction * x_velocity``."""
+    def reward(direction: Any, x_velocity: Any) -> Any:
+        """``direction * x_velocity``, for floats or elementwise for arrays of copies."""
         return direction * x_velocity
 
 
@@ -218,9 +222,10 @@ class GoalTasks:
         return {"goal": goal.tolist()}
 
     @staticmethod
-    def reward(goal: np.ndarray, xy: np.ndarray) -> float:
-        """``-||xy - goal||_1``."""
-        return -float(np.abs(xy - goal).sum())
+    def reward(goal: np.ndarray, xy: np.ndarray) -> np.ndarray:
+        """``-||xy - goal||_1`` over the last axis: a 0-d array for one ``(2,)`` pair, ``[N]``
+        for ``[N, 2]`` arrays of copies."""
+        return -np.abs(xy - goal).sum(axis=-1)
 
 
 TaskDistribution = VelocityTasks | DirectionTasks | GoalTasks

@@ -11,7 +11,13 @@ steps):
   per core) collecting 8 tasks x 5 episodes of the env's horizon with the paper's 2x100
   Gaussian policy, one parameter set shared by all tasks (pre-update sampling);
 - ``ratio``: the best backend's rate over the raw rate, i.e. the share of the simulator's
-  throughput that survives the policy, the Gymnasium wrapper and the process hops.
+  throughput that survives the policy, the environment's own Python (for the locomotion
+  families, their natively batched twins: ``mj_rnePostConstraint``, observations, rewards and
+  checks in NumPy; see :mod:`envs.batched_locomotion`) and the process hops.
+
+Both backends step the natively batched twin, as training does. On a machine shared with other
+work every rate drops and moves between runs, the raw one included (it needs every core at
+once); compare ratios measured together, and repeat a run that looks off.
 
 Each figure is the median over ``repeats`` timed runs after one untimed warm-up.
 

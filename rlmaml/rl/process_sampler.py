@@ -2,9 +2,10 @@
 
 :class:`ProcessSampler` implements the :class:`~rlmaml.rl.samplers.Sampler` interface for
 environments whose step is expensive (MuJoCo): every worker process owns a copy of the policy
-and a :class:`~rlmaml.rl.samplers.VectorizedSampler` over its own environments, so stepping has
-one implementation and a whole sampling phase costs one round trip per worker (request out,
-trajectories back), not one per time step. For cheap, natively batched environments such as
+and a :class:`~rlmaml.rl.samplers.VectorizedSampler` over its own environments (the natively
+batched twin of a MuJoCo family, see :mod:`envs.batched_locomotion`, or a Gymnasium pool), so
+stepping has one implementation and a whole sampling phase costs one round trip per worker
+(request out, trajectories back), not one per time step. For cheap environments such as
 Navigation2D the in-process sampler is faster: there is nothing to parallelise that outweighs
 the pickling and the process hops.
 
@@ -12,11 +13,12 @@ A phase is split between workers by whole tasks, and each worker samples its tas
 ``VectorizedSampler.sample(..., first_task=..., phase_tasks=...)``, which uses the phase's own
 action noise and reset seeds sliced to those tasks and zeroes padding steps, so the trajectories
 are identical to :class:`~rlmaml.rl.samplers.VectorizedSampler`'s for the same seed and
-parameters, whatever the number of workers, in every field, padding included. The one caveat
-is the one the samplers module states: with parameters shared by all tasks, the policy runs as
+parameters, whatever the number of workers, in every field, padding included. The caveats are
+the ones the samplers module states: with parameters shared by all tasks, the policy runs as
 one plain forward pass over all of a worker's episodes, and matrix-multiply rounding can depend
 on that batch size when it is tiny (below 4 rows where this was tested), so a worker should get
-at least a few episodes.
+at least a few episodes; with per-task parameters and the MuJoCo families' observations, the
+rounding can depend on a task's place in the stack, so results agree to rounding only.
 
 Workers are started with an explicit ``spawn`` or ``forkserver`` context (never ``fork``: the
 parent may hold threads, CUDA or OpenMP state) and talk to the parent over pipes with plain
@@ -205,8 +207,8 @@ class ProcessSampler(Sampler):
     :class:`~rlmaml.rl.samplers.VectorizedSampler`, and sends its trajectories back; the parent
     concatenates them along the task axis. Trajectories equal the in-process sampler's for the
     same seed and parameters, whatever ``num_workers``, in every field (padding steps are zero
-    in both). The policy is
-    pickled by reference to its class, so the class must be importable in the workers.
+    in both), up to the policy-rounding caveats of the module docstring. The policy is pickled
+    by reference to its class, so the class must be importable in the workers.
 
     Failures never block a call forever:
 

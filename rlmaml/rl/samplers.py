@@ -21,10 +21,15 @@ A backend that splits a phase by tasks runs each part with :meth:`VectorizedSamp
 sliced to its tasks. Padding steps (``masks == 0``) hold zeros in every field, so they do not
 depend on which other episodes shared a batch either.
 
-One caveat: the policy forward pass is float arithmetic whose rounding can depend on the batch
-size (matrix-multiply kernels switch for very small batches), so backends that evaluate the
-policy on different batch shapes agree to rounding, not always bit for bit. Splitting a phase
-by whole tasks keeps every per-task batch the same and the results identical.
+Environments never make backends differ: a natively batched family reproduces its Gymnasium env
+bit for bit (see :func:`envs.batched_env_for`). One caveat remains: the policy forward pass is
+float arithmetic whose rounding can depend on the batch size (matrix-multiply kernels switch for
+very small batches), so backends that evaluate the policy on different batch shapes agree to
+rounding, not always bit for bit. Splitting a phase by whole tasks keeps every per-task batch the
+same; with one shared parameter set that keeps the results identical, but with per-task
+parameters the batched product's rounding can also depend on a task's place in the stack (seen
+with the MuJoCo families' observations, not with Navigation2D's two inputs): the first actions
+then differ in the last float32 bit or so, and the difference grows along the trajectory.
 """
 
 from __future__ import annotations
@@ -145,8 +150,9 @@ def _space_sizes(env: gymnasium.Env) -> tuple[int, int]:
 class _NativeBatchedEnvs:
     """All ``T * E`` copies of a natively batched family, stepped together.
 
-    Navigation2D steps in one NumPy call; no Gymnasium env, wrapper or ``info`` dict is involved
-    per step.
+    Navigation2D steps in one NumPy call; the MuJoCo locomotion families run one simulator call
+    per copy and everything else in NumPy (see :mod:`envs.batched_locomotion`). Either way no
+    Gymnasium env, wrapper or ``info`` dict is involved per step.
 
     Args:
         batched_type: the :class:`~envs.protocol.BatchedTaskFamily` class from
@@ -290,11 +296,11 @@ class VectorizedSampler(Sampler):
 
     Each time step evaluates the policy once for every episode (one ``vmap``-ed forward over
     the task axis, or one plain forward when all tasks share parameters) and then steps the
-    environments: a natively batched family (see :func:`envs.batched_env_for`) all copies
-    together, any other task family as a pool of Gymnasium envs stepped in a Python loop.
-    Actions go to the environment as sampled (environments clip); the trajectories record the
-    sampled action and its log-probability under the behaviour policy, and hold zeros at
-    padding steps.
+    environments: a natively batched family (see :func:`envs.batched_env_for`: Navigation2D and
+    the MuJoCo locomotion families) all copies together, any other task family as a pool of
+    Gymnasium envs stepped in a Python loop. Actions go to the environment as sampled
+    (environments clip); the trajectories record the sampled action and its log-probability
+    under the behaviour policy, and hold zeros at padding steps.
 
     Args:
         env_id: a registered Gymnasium id of a task family (``rlmaml/Navigation2D-v0``, ...).
