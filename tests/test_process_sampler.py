@@ -175,24 +175,27 @@ def test_gymnasium_envs_get_the_phase_reset_seeds_and_worker_errors_surface() ->
         assert_identical(sampler.sample(params, tasks, 3, seed=4), expected)
 
 
-def test_locomotion_workers_step_batched_copies_and_equal_the_gymnasium_pool() -> None:
+@pytest.mark.parametrize("env_id", ["rlmaml/AntVel-v0", "rlmaml/HalfCheetahVel-v0"])
+def test_locomotion_workers_step_batched_copies_and_equal_the_gymnasium_pool(env_id) -> None:
     pytest.importorskip("mujoco")
-    env_id = "rlmaml/AntVel-v0"
     assert envs.batched_env_for(env_id) is not None  # what the workers' samplers use
     env = gymnasium.make(env_id)
     env.reset(seed=0)
     tasks = envs.require_task_family(env).sample_tasks(4)
     torch.manual_seed(0)
-    policy = GaussianMLPPolicy(env.observation_space.shape[0], 8, hidden=(16, 16))
-    # Shared parameters: with per-task ones, the policy's rounding for these observations
-    # depends on how the tasks are split (see the module docstring), which is not tested here.
-    params = expand_params(theta(policy), 4)
+    act_dim = env.action_space.shape[0]
+    # Wild actions (a large initial std) make some ants fall, so early ends are compared too.
+    policy = GaussianMLPPolicy(env.observation_space.shape[0], act_dim, (16, 16), init_std=3.0)
+    # Per-task parameters: the workers lay the policy's input out as the whole phase, so even
+    # the rounding of its matrix products matches the single process's.
+    params = distinct_params(policy, 4)
     kwargs = {"max_episode_steps": 25}  # short, to keep the test quick
     with VectorizedSampler(env_id, policy, kwargs, use_batched=False) as reference:
         expected = reference.sample(params, tasks, 3, seed=2)
     with ProcessSampler(env_id, policy, kwargs, num_workers=2) as sampler:
         assert_identical(sampler.sample(params, tasks, 3, seed=2), expected)
-    assert (expected.lengths < 25).any()  # early ends (falls) and padding are compared too
+    if env_id.startswith("rlmaml/Ant"):
+        assert (expected.lengths < 25).any()  # early ends (falls) and padding are compared too
 
 
 def test_a_worker_killed_between_phases_is_replaced_and_gives_the_same_trajectories() -> None:

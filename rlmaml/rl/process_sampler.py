@@ -11,14 +11,10 @@ the pickling and the process hops.
 
 A phase is split between workers by whole tasks, and each worker samples its tasks with
 ``VectorizedSampler.sample(..., first_task=..., phase_tasks=...)``, which uses the phase's own
-action noise and reset seeds sliced to those tasks and zeroes padding steps, so the trajectories
-are identical to :class:`~rlmaml.rl.samplers.VectorizedSampler`'s for the same seed and
-parameters, whatever the number of workers, in every field, padding included. The caveats are
-the ones the samplers module states: with parameters shared by all tasks, the policy runs as
-one plain forward pass over all of a worker's episodes, and matrix-multiply rounding can depend
-on that batch size when it is tiny (below 4 rows where this was tested), so a worker should get
-at least a few episodes; with per-task parameters and the MuJoCo families' observations, the
-rounding can depend on a task's place in the stack, so results agree to rounding only.
+action noise and reset seeds sliced to those tasks, evaluates the policy laid out as the whole
+phase and zeroes padding steps, so the trajectories are identical to
+:class:`~rlmaml.rl.samplers.VectorizedSampler`'s for the same seed and parameters, whatever the
+number of workers, in every field, padding included.
 
 Workers are started with an explicit ``spawn`` or ``forkserver`` context (never ``fork``: the
 parent may hold threads, CUDA or OpenMP state) and talk to the parent over pipes with plain
@@ -207,7 +203,7 @@ class ProcessSampler(Sampler):
     :class:`~rlmaml.rl.samplers.VectorizedSampler`, and sends its trajectories back; the parent
     concatenates them along the task axis. Trajectories equal the in-process sampler's for the
     same seed and parameters, whatever ``num_workers``, in every field (padding steps are zero
-    in both), up to the policy-rounding caveats of the module docstring. The policy is pickled
+    in both). The policy is pickled
     by reference to its class, so the class must be importable in the workers.
 
     Failures never block a call forever:

@@ -22,14 +22,12 @@ sliced to its tasks. Padding steps (``masks == 0``) hold zeros in every field, s
 depend on which other episodes shared a batch either.
 
 Environments never make backends differ: a natively batched family reproduces its Gymnasium env
-bit for bit (see :func:`envs.batched_env_for`). One caveat remains: the policy forward pass is
-float arithmetic whose rounding can depend on the batch size (matrix-multiply kernels switch for
-very small batches), so backends that evaluate the policy on different batch shapes agree to
-rounding, not always bit for bit. Splitting a phase by whole tasks keeps every per-task batch the
-same; with one shared parameter set that keeps the results identical, but with per-task
-parameters the batched product's rounding can also depend on a task's place in the stack (seen
-with the MuJoCo families' observations, not with Navigation2D's two inputs): the first actions
-then differ in the last float32 bit or so, and the difference grows along the trajectory.
+bit for bit (see :func:`envs.batched_env_for`). Neither does the policy: a matrix product's
+rounding can depend on the shape of the batch and on where a row lies in memory (its alignment),
+so a part of a phase evaluates the policy on tensors of the *whole phase's* shape, its own tasks
+in their places and zeros elsewhere, exactly as the whole phase would be laid out in one process.
+That costs a worker ``phase / part`` times the policy arithmetic, small next to the physics, and
+makes the trajectories of a seed the same, bit for bit, whatever the backend or worker count.
 """
 
 from __future__ import annotations
@@ -368,10 +366,10 @@ class VectorizedSampler(Sampler):
         By default ``tasks`` are a whole phase. A backend that splits a phase of
         ``phase_tasks`` tasks by tasks passes each part as tasks ``first_task`` to
         ``first_task + len(tasks) - 1`` of it: the part then acts with the phase's action noise
-        ``action_noise(..., (phase_tasks, E, H), ..., seed)[first_task:first_task + T]`` and
-        resets with ``episode_seeds(seed, phase_tasks, E)[first_task:first_task + T]``, so the
-        parts together equal sampling the phase whole (up to the rounding caveat of the module
-        docstring; splitting by whole tasks keeps it bit for bit).
+        ``action_noise(..., (phase_tasks, E, H), ..., seed)[first_task:first_task + T]``,
+        resets with ``episode_seeds(seed, phase_tasks, E)[first_task:first_task + T]`` and
+        evaluates the policy laid out as the whole phase (see the module docstring), so the
+        parts together equal sampling the phase whole, bit for bit.
 
         Args:
             params: as for :meth:`Sampler.sample`, stacked for ``tasks`` only.
@@ -424,13 +422,15 @@ class VectorizedSampler(Sampler):
         """:meth:`sample` after its checks, with torch's thread count already set."""
         num_tasks = len(tasks)
         part = slice(first_task, first_task + num_tasks)
-        shared = _shared_params(params)
-        if shared is not None:
-            shared = {name: t.to(self.device) for name, t in shared.items()}
-        else:
-            params = {name: t.to(self.device) for name, t in params.items()}
         envs, device = self._envs, self.device
         horizon, episodes, n = envs.horizon, episodes_per_task, num_tasks * episodes_per_task
+        shared = _shared_params(params)
+        if shared is not None:
+            shared = {name: t.to(device) for name, t in shared.items()}
+        else:
+            params = _in_phase_layout(params, part, phase_tasks, device)
+        # The policy's input, laid out as the whole phase (this part's tasks in their places).
+        phase_obs = torch.zeros((phase_tasks, episodes, envs.obs_dim), device=device)
 
         observations = torch.zeros(
             (num_tasks, episodes, horizon, envs.obs_dim), dtype=torch.float32, device=device
@@ -448,11 +448,13 @@ class VectorizedSampler(Sampler):
                 if not active.any():
                     break
                 lengths += active
-                obs = torch.from_numpy(env_observations).to(device).view(num_tasks, episodes, -1)
+                phase_obs[part] = torch.from_numpy(env_observations).view(num_tasks, episodes, -1)
+                obs = phase_obs[part]
                 if shared is not None:
-                    dist = distribution(self.policy, shared, obs)
+                    dist = distribution(self.policy, shared, phase_obs)
                 else:
-                    dist = per_task_distribution(self.policy, params, obs)
+                    dist = per_task_distribution(self.policy, params, phase_obs)
+                dist = type(dist)(*(field[part] for field in dist))
                 if noise is None:
                     # The distribution type is known after the first forward pass; the noise of
                     # the whole phase is drawn now, from the phase seed alone.
@@ -495,6 +497,17 @@ class VectorizedSampler(Sampler):
     def close(self) -> None:
         """Close the environments."""
         self._envs.close()
+
+
+def _in_phase_layout(params: Params, part: slice, phase_tasks: int, device: torch.device) -> Params:
+    """Per-task ``params`` of a part of a phase, placed at ``part`` in fresh zero-filled stacks of
+    ``phase_tasks`` tasks: the memory layout of the whole phase's, whatever view came in."""
+    laid_out = {}
+    for name, tensor in params.items():
+        full = torch.zeros((phase_tasks, *tensor.shape[1:]), dtype=tensor.dtype, device=device)
+        full[part] = tensor
+        laid_out[name] = full
+    return laid_out
 
 
 def check_request(params: Params, num_tasks: int, episodes_per_task: int, seed: int) -> None:
