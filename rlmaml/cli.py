@@ -102,6 +102,19 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--env", default="rlmaml/HalfCheetahVel-v0", help="sampler: env id")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--repeats", type=int, default=10, help="timed repetitions per case")
+    bench.add_argument(
+        "--config",
+        help="rl: the run config whose iteration is timed (default: "
+        "experiments/navigation2d.yaml); sampler: the config of the meta-iteration timed "
+        "after the rates (default: the family's paper config in experiments/, if any)",
+    )
+    bench.add_argument(
+        "--fisher-subsample",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[1, 4, 10],
+        metavar="N,N,...",
+        help="rl: Fisher-product subsamples to time (default 1,4,10)",
+    )
     bench.set_defaults(handler=_bench)
     return parser
 
@@ -254,11 +267,11 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "rl":
         from rlmaml.bench.rl import main as bench_rl
 
-        return bench_rl(repeats=args.repeats, as_json=args.json)
+        return bench_rl(args.repeats, args.json, args.config, args.fisher_subsample)
     if args.what == "sampler":
         from rlmaml.bench.sampler import main as bench_sampler
 
-        return bench_sampler(args.env, args.repeats, args.json)
+        return bench_sampler(args.env, args.repeats, args.json, args.config)
     from rlmaml.bench.supervised import main as bench_supervised
 
     return bench_supervised(repeats=args.repeats, as_json=args.json)

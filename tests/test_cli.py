@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from rlmaml.runs import checkpoint_steps, read_metrics
+from rlmaml.cli import _config_class
+from rlmaml.runs import checkpoint_steps, load_config, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "experiments" / "sinusoid_quick.yaml"
@@ -162,3 +164,11 @@ def test_evaluate_of_a_missing_folder_creates_nothing(tmp_path: Path) -> None:
     result = rlmaml("evaluate", tmp_path / "typo")
     assert result.returncode != 0
     assert not (tmp_path / "typo").exists()
+
+
+@pytest.mark.parametrize(
+    "config", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda path: path.name
+)
+def test_every_shipped_config_is_valid(config: Path) -> None:
+    data = yaml.safe_load(config.read_text())
+    load_config(_config_class(data, config), data=data)

@@ -1,12 +1,13 @@
 """Where the time of one paper-config meta-RL iteration goes, for each Fisher-product choice.
 
-For Navigation2D with the paper's settings (20 tasks x 20 trajectories x 100 steps, two phases,
-TRPO with 10 conjugate-gradient iterations), it times the phases of a meta-iteration: sampling,
-advantages and inner adaptation, the surrogate gradient, the conjugate gradient (Fisher-vector
-products) and the line search; and, as the reference the Gauss-Newton product replaces, one
-Fisher-vector product by double backward through the inner step.
+For a config (by default Navigation2D with the paper's settings: 20 tasks x 20 trajectories x
+100 steps, two phases, TRPO with 10 conjugate-gradient iterations), it times the phases of a
+meta-iteration: sampling, advantages and inner adaptation, the surrogate gradient, the
+conjugate gradient (Fisher-vector products) and the line search; and, as the reference the
+Gauss-Newton product replaces, one Fisher-vector product by double backward through the inner
+step.
 
-Run ``rlmaml bench rl [--json]``.
+Run ``rlmaml bench rl [--config CONFIG] [--fisher-subsample 1,4,10] [--json]``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -82,27 +83,42 @@ def breakdown(config: RLConfig, repeats: int) -> dict[str, float]:
     return {key: statistics.median(values) for key, values in phases.items()}
 
 
-def run(repeats: int = 3) -> dict[str, dict[str, float]]:
-    """The breakdown for the exact Fisher product and for episode subsamples of it."""
+DEFAULT_CONFIG = "experiments/navigation2d.yaml"
+
+
+def run(
+    repeats: int = 3,
+    config_path: str | None = None,
+    subsamples: Sequence[int] = (1, 4, 10),
+) -> dict[str, dict[str, float]]:
+    """The breakdown of ``config_path``'s iteration (default: Navigation2D's paper config) for
+    each Fisher-product subsample."""
+    config_path = config_path or DEFAULT_CONFIG
     results = {}
-    for subsample in (1, 4, 10):
+    for subsample in subsamples:
         config = load_config(
             RLConfig,
-            "experiments/navigation2d.yaml",
+            config_path,
             overrides=[f"meta.fisher_subsample={subsample}", "run.progress=false"],
         )
         results[f"fisher_subsample_{subsample}"] = breakdown(config, repeats)
     return results
 
 
-def main(repeats: int = 3, as_json: bool = False) -> int:
+def main(
+    repeats: int = 3,
+    as_json: bool = False,
+    config_path: str | None = None,
+    subsamples: Sequence[int] = (1, 4, 10),
+) -> int:
     """Print the breakdown (a table, or one JSON object)."""
-    results = run(repeats)
+    config_path = config_path or DEFAULT_CONFIG
+    results = run(repeats, config_path, subsamples)
     if as_json:
         print(json.dumps(results))
         return 0
     print(
-        f"Navigation2D paper-config meta-iteration, seconds (median of {repeats}), "
+        f"{config_path}: meta-iteration, seconds (median of {repeats}), "
         f"torch threads {torch.get_num_threads()}"
     )
     for name, times in results.items():

@@ -21,7 +21,7 @@ once); compare ratios measured together, and repeat a run that looks off.
 
 Each figure is the median over ``repeats`` timed runs after one untimed warm-up.
 
-Run ``rlmaml bench sampler [--env ID] [--repeats N] [--json]``.
+Run ``rlmaml bench sampler [--env ID] [--repeats N] [--config CONFIG] [--json]``.
 """
 
 from __future__ import annotations
@@ -39,6 +39,15 @@ TASKS = 8
 EPISODES = 5
 RAW_STEPS = 20000
 """Env steps each raw-stepping process takes per timed run."""
+
+PAPER_CONFIGS = {
+    "rlmaml/HalfCheetahVel-v0": "experiments/halfcheetah_vel.yaml",
+    "rlmaml/HalfCheetahDir-v0": "experiments/halfcheetah_dir.yaml",
+    "rlmaml/AntVel-v0": "experiments/ant_vel.yaml",
+    "rlmaml/AntDir-v0": "experiments/ant_dir.yaml",
+    "rlmaml/AntGoal-v0": "experiments/ant_goal.yaml",
+}
+"""The paper-settings config of each family, whose meta-iteration the benchmark times."""
 
 
 def _raw_worker(env_id: str, steps: int, seed: int, barrier, results) -> None:
@@ -134,11 +143,32 @@ def backend_rates(env_id: str, workers: int, repeats: int) -> dict[str, float]:
     return rates
 
 
-def run(env_id: str, repeats: int = 3) -> dict[str, object]:
-    """The raw rate, every backend's rate and their ratio, as one JSON-able dict."""
+def iteration_seconds(config_path: str, repeats: int) -> dict[str, float]:
+    """One meta-iteration of ``config_path``: sampling, adaptation, outer step and in all."""
+    from rlmaml.bench.rl import breakdown
+    from rlmaml.rl.config import RLConfig
+    from rlmaml.runs import load_config
+
+    config = load_config(RLConfig, config_path, overrides=["run.progress=false"])
+    times = breakdown(config, repeats)
+    return {
+        "sampling": times["sampling"],
+        "adaptation": times["collect"] - times["sampling"],
+        "outer_step": times["surrogate_gradient"] + times["trpo_step"],
+        "iteration": times["iteration"],
+    }
+
+
+def run(
+    env_id: str, repeats: int = 3, config_path: str | None = None, iteration_repeats: int = 1
+) -> dict[str, object]:
+    """The raw rate, every backend's rate, their ratio and the meta-iteration's breakdown (when
+    a config is given or the family has one in ``PAPER_CONFIGS``), as one JSON-able dict."""
     cores = os.cpu_count() or 1
     raw = statistics.median(raw_rate(env_id, cores) for _ in range(max(repeats, 1)))
     backends = backend_rates(env_id, cores, repeats)
+    config_path = config_path or PAPER_CONFIGS.get(env_id)
+    iteration = None if config_path is None else iteration_seconds(config_path, iteration_repeats)
     return {
         "env": env_id,
         "unit": "env steps per second",
@@ -148,12 +178,19 @@ def run(env_id: str, repeats: int = 3) -> dict[str, object]:
         "raw_steps_per_s": raw,
         "backends": backends,
         "ratio": max(backends.values()) / raw,
+        "iteration_config": config_path,
+        "iteration_s": iteration,
     }
 
 
-def main(env_id: str = "rlmaml/HalfCheetahVel-v0", repeats: int = 3, as_json: bool = False) -> int:
-    """Print the rates (a table, or one JSON object)."""
-    results = run(env_id, repeats)
+def main(
+    env_id: str = "rlmaml/HalfCheetahVel-v0",
+    repeats: int = 3,
+    as_json: bool = False,
+    config_path: str | None = None,
+) -> int:
+    """Print the rates and the iteration breakdown (a table, or one JSON object)."""
+    results = run(env_id, repeats, config_path)
     if as_json:
         print(json.dumps(results))
         return 0
@@ -165,4 +202,7 @@ def main(env_id: str = "rlmaml/HalfCheetahVel-v0", repeats: int = 3, as_json: bo
     for name, rate in results["backends"].items():
         print(f"  {name:<12} {rate:>12,.0f}")
     print(f"  best backend / raw: {results['ratio']:.3f}")
+    if results["iteration_s"] is not None:
+        parts = "  ".join(f"{k} {v:.2f}" for k, v in results["iteration_s"].items())
+        print(f"one meta-iteration of {results['iteration_config']}, seconds: {parts}")
     return 0
