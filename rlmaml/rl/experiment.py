@@ -42,6 +42,10 @@ _TEST_STREAM, _VALIDATION_STREAM = 1, 2
 # The MAML paper's average returns after 0..3 steps (REFERENCE.md section 3), for plots.
 PAPER_RETURNS: dict[str, list[float]] = {
     "rlmaml/Navigation2D-v0": [-40.4, -11.7, -3.3, -3.2],
+    "rlmaml/HalfCheetahVel-v0": [-129.5, -78.6, -66.6, -60.8],
+    "rlmaml/HalfCheetahDir-v0": [-50.7, 293.2, 313.5, 315.7],
+    "rlmaml/AntVel-v0": [30.6, 96.7, 100.1, 101.4],
+    "rlmaml/AntDir-v0": [8.7, 499.2, 500.7, 499.1],
 }
 
 
