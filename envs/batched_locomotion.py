@@ -49,6 +49,7 @@ import mujoco
 import numpy as np
 from gymnasium.utils.seeding import np_random
 
+from envs.batched import BatchedEpisodes
 from envs.locomotion import capture_mujoco_warnings
 from envs.protocol import Task
 
@@ -62,7 +63,7 @@ def sum_of_squares(values: np.ndarray) -> np.ndarray:
     return np.square(values).reshape(len(values), -1).sum(axis=1)
 
 
-class BatchedLocomotion:
+class BatchedLocomotion(BatchedEpisodes):
     """N copies of a locomotion task env, each with its own task and reset seed, in lockstep.
 
     Copies run from :meth:`reset_tasks` for at most :attr:`horizon` steps. A copy that is done
@@ -126,11 +127,8 @@ class BatchedLocomotion:
         self._warnings_at_reset = np.zeros(0, dtype=np.int64)
         self._positions = np.zeros(0)
         self._observations_buffer = np.zeros((0, env.observation_space.shape[0]))
-        self._terminated = np.zeros(0, dtype=bool)
-        self._truncated = np.zeros(0, dtype=bool)
         self._unstable = np.zeros(0, dtype=bool)
-        self._done = np.zeros(0, dtype=bool)
-        self._elapsed = 0
+        self._start_episodes(0)
         self.mujoco_warnings: list[str] = []
         """MuJoCo's messages since the last :meth:`reset_tasks` (all copies together)."""
 
@@ -151,21 +149,6 @@ class BatchedLocomotion:
         return cls(env.unwrapped, horizon)
 
     # --- state --------------------------------------------------------------------------------
-
-    @property
-    def num_envs(self) -> int:
-        """Number of copies N since the last :meth:`reset_tasks`."""
-        return len(self._ctrls)
-
-    @property
-    def elapsed_steps(self) -> int:
-        """Steps taken since the last :meth:`reset_tasks`."""
-        return self._elapsed
-
-    @property
-    def active(self) -> np.ndarray:
-        """Bool ``[N]``: copies whose next step will be a real transition (not done yet)."""
-        return ~self._done
 
     @property
     def unstable(self) -> np.ndarray:
@@ -240,6 +223,8 @@ class BatchedLocomotion:
             [self._distribution.parse(task) for task in tasks], dtype=np.float64
         )
         self._bind(n)
+        self._start_episodes(n)
+        self._unstable = np.zeros(n, dtype=bool)
         self.mujoco_warnings = []
         model = self.model
         with capture_mujoco_warnings(self.mujoco_warnings):
@@ -254,11 +239,6 @@ class BatchedLocomotion:
         self._warnings_at_reset = self._warning_counts()
         self._positions = self._tracked_positions()
         self._observations_buffer = self._observations()
-        self._terminated = np.zeros(n, dtype=bool)
-        self._truncated = np.zeros(n, dtype=bool)
-        self._unstable = np.zeros(n, dtype=bool)
-        self._done = np.zeros(n, dtype=bool)
-        self._elapsed = 0
         return self._observations_buffer.copy()
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -276,8 +256,7 @@ class BatchedLocomotion:
             RuntimeError: if the horizon was already reached (call :meth:`reset_tasks`).
             ValueError: if ``actions`` has the wrong shape.
         """
-        if self._elapsed >= self.horizon:
-            raise RuntimeError(f"horizon of {self.horizon} steps reached; call reset_tasks() first")
+        self._check_within_horizon("reset_tasks")
         actions = np.asarray(actions, dtype=np.float64)
         expected = (self.num_envs, *self._action_low.shape)
         if actions.shape != expected:
@@ -304,11 +283,7 @@ class BatchedLocomotion:
         np.copyto(self._observations_buffer, observations, where=stable[:, None])
         self._positions = after
         self._unstable |= unstable
-        self._terminated |= terminated | unstable
-        self._elapsed += 1
-        if self._elapsed == self.horizon:
-            self._truncated |= running
-        self._done |= self._terminated | self._truncated
+        self._end_step(running, terminated | unstable)
         return (
             self._observations_buffer.copy(),
             rewards,

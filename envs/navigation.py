@@ -22,6 +22,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from envs.batched import BatchedEpisodes
 from envs.protocol import Task
 
 
@@ -175,7 +176,7 @@ class Navigation2DEnv(gymnasium.Env[np.ndarray, np.ndarray]):
         return self._position.copy(), float(reward), bool(reached), False, {}
 
 
-class BatchedNavigation2D:
+class BatchedNavigation2D(BatchedEpisodes):
     """Many copies of :class:`Navigation2DEnv`, each with its own goal, stepped at once.
 
     Every array has a leading copy axis of length ``N``; one :meth:`step` is a handful of NumPy
@@ -217,10 +218,7 @@ class BatchedNavigation2D:
         self.horizon = int(horizon)
         self._goals = np.zeros((0, 2))
         self._positions = np.zeros((0, 2), dtype=np.float32)
-        self._terminated = np.zeros(0, dtype=bool)
-        self._truncated = np.zeros(0, dtype=bool)
-        self._done = np.zeros(0, dtype=bool)
-        self._elapsed = 0
+        self._start_episodes(0)
 
     @classmethod
     def from_env(cls, env: gymnasium.Env) -> BatchedNavigation2D:
@@ -246,21 +244,6 @@ class BatchedNavigation2D:
         """The ``[N, 2]`` goal array for :meth:`reset` from N Navigation2D tasks."""
         return _check_goals([task["goal"] for task in tasks]).reshape(len(tasks), 2)
 
-    @property
-    def num_envs(self) -> int:
-        """Number of copies N since the last :meth:`reset`."""
-        return len(self._goals)
-
-    @property
-    def elapsed_steps(self) -> int:
-        """Steps taken since the last :meth:`reset`."""
-        return self._elapsed
-
-    @property
-    def active(self) -> np.ndarray:
-        """Bool ``[N]``: copies whose next step will be a real transition (not done yet)."""
-        return ~self._done
-
     def reset(self, goals: np.ndarray) -> np.ndarray:
         """Start N episodes at the origin, copy ``i`` aiming at ``goals[i]``.
 
@@ -276,10 +259,7 @@ class BatchedNavigation2D:
         n = len(goals)
         self._goals = goals.copy()
         self._positions = np.zeros((n, 2), dtype=np.float32)
-        self._terminated = np.zeros(n, dtype=bool)
-        self._truncated = np.zeros(n, dtype=bool)
-        self._done = np.zeros(n, dtype=bool)
-        self._elapsed = 0
+        self._start_episodes(n)
         return self._positions.copy()
 
     def reset_tasks(self, tasks: Sequence[Task], seeds: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -308,8 +288,7 @@ class BatchedNavigation2D:
         Raises:
             RuntimeError: if the horizon was already reached (call :meth:`reset`).
         """
-        if self._elapsed >= self.horizon:
-            raise RuntimeError(f"horizon of {self.horizon} steps reached; call reset() first")
+        self._check_within_horizon("reset")
         actions = _displacement(actions, self.max_action, self.action_scale)
         if actions.shape != self._positions.shape:
             raise ValueError(
@@ -319,9 +298,5 @@ class BatchedNavigation2D:
         np.add(self._positions, actions, out=self._positions, where=running[:, None])
         rewards, reached = _reward_and_reached(self._positions, self._goals, self.goal_tolerance)
         rewards[self._done] = 0.0
-        self._terminated |= reached & running
-        self._elapsed += 1
-        if self._elapsed == self.horizon:
-            self._truncated |= running
-        self._done |= self._terminated | self._truncated
+        self._end_step(running, reached & running)
         return self._positions.copy(), rewards, self._terminated.copy(), self._truncated.copy()
