@@ -32,7 +32,6 @@ import torch
 from torch import Tensor, nn
 
 from rlmaml.core import (
-    Algorithm,
     MetaLearner,
     Params,
     StepSize,
@@ -42,7 +41,6 @@ from rlmaml.core import (
     map_tasks,
     sgd_step,
 )
-from rlmaml.core.learner import Vectorize
 from rlmaml.supervised.models import PerStepBatchNorm2d, Statistics
 
 # One forward pass's batch statistics, {module name: (mean, unbiased variance)}.
@@ -76,26 +74,8 @@ class PerStepLearner(MetaLearner):
             is not ``inner_steps + 1``.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        task_loss: TaskLoss,
-        *,
-        algorithm: Algorithm = "maml",
-        inner_steps: int = 1,
-        inner_lr: float = 0.01,
-        vectorize: Vectorize = "auto",
-        chunk_size: int | None = None,
-    ) -> None:
-        super().__init__(
-            model,
-            task_loss,
-            algorithm=algorithm,
-            inner_steps=inner_steps,
-            inner_lr=inner_lr,
-            vectorize=vectorize,
-            chunk_size=chunk_size,
-        )
+    def __init__(self, model: nn.Module, task_loss: TaskLoss, **options: Any) -> None:
+        super().__init__(model, task_loss, **options)
         self.norms = {
             name: module
             for name, module in model.named_modules()
@@ -103,11 +83,11 @@ class PerStepLearner(MetaLearner):
         }
         if not self.norms:
             raise ValueError("the model has no per-step BatchNorm layer")
-        wrong = {name: m.steps for name, m in self.norms.items() if m.steps != inner_steps + 1}
+        steps = self.inner_steps + 1
+        wrong = {name: m.steps for name, m in self.norms.items() if m.steps != steps}
         if wrong:
             raise ValueError(
-                f"per-step BatchNorm layers need inner_steps + 1 = {inner_steps + 1} steps, "
-                f"got {wrong}"
+                f"per-step BatchNorm layers need inner_steps + 1 = {steps} steps, got {wrong}"
             )
 
     # -- meta-training -------------------------------------------------------------------
