@@ -400,8 +400,7 @@ class BatchedAnt(BatchedLocomotion):
 
     def _task_terms(self, before: np.ndarray, after: np.ndarray) -> dict[str, np.ndarray | float]:
         """The task's reward term(s), ``reward_forward`` for velocity and direction tasks."""
-        x_velocity = (after[:, 0] - before[:, 0]) / self.dt
-        forward = self._distribution.reward(self._task_values, x_velocity)
+        forward = self._forward_reward(before, after)
         return {"reward_forward": self._env._forward_reward_weight * forward}
 
     def _reward_terms(

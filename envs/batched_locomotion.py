@@ -185,6 +185,12 @@ class BatchedLocomotion(BatchedEpisodes):
         """
         raise NotImplementedError
 
+    def _forward_reward(self, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+        """The velocity and direction tasks' term before its weight: the task distribution's
+        reward of each copy's x velocity over the step."""
+        x_velocity = (after[:, 0] - before[:, 0]) / self.dt
+        return self._distribution.reward(self._task_values, x_velocity)
+
     def _task_terminated(self) -> np.ndarray | bool:
         """Bool ``[N]``: whether each copy's state after a (stable) step ends its episode."""
         return False

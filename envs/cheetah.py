@@ -202,8 +202,7 @@ class BatchedHalfCheetah(BatchedLocomotion):
         self, before: np.ndarray, after: np.ndarray, actions: np.ndarray
     ) -> dict[str, np.ndarray | float]:
         env = self._env
-        x_velocity = (after[:, 0] - before[:, 0]) / self.dt
-        forward = self._distribution.reward(self._task_values, x_velocity)
+        forward = self._forward_reward(before, after)
         return {
             "reward_forward": env._forward_reward_weight * forward,
             "reward_ctrl": -(env._ctrl_cost_weight * sum_of_squares(actions)),

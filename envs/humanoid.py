@@ -164,8 +164,7 @@ class BatchedHumanoidDir(BatchedLocomotion):
         self, before: np.ndarray, after: np.ndarray, actions: np.ndarray
     ) -> dict[str, np.ndarray | float]:
         env = self._env
-        x_velocity = (after[:, 0] - before[:, 0]) / self.dt
-        forward = self._distribution.reward(self._task_values, x_velocity)
+        forward = self._forward_reward(before, after)
         low, high = env._contact_cost_range
         contact = np.clip(
             env._contact_cost_weight * sum_of_squares(self._arrays["cfrc_ext"]), low, high

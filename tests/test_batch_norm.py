@@ -19,13 +19,18 @@ from torch.nn import functional as F
 from rlmaml.core import Params, adaptation_curve
 from rlmaml.runs import ConfigError, RunDir, latest_checkpoint, load_config, read_metrics
 from rlmaml.runs.loop import LoopSettings, run_training
-from rlmaml.supervised import EpisodeSampler
 from rlmaml.supervised import problems as problems_module
 from rlmaml.supervised.config import SupervisedConfig
 from rlmaml.supervised.experiment import SupervisedExperiment
 from rlmaml.supervised.models import BatchStatNorm2d, ConvNet, PerStepBatchNorm2d
 from rlmaml.supervised.per_step import PerStepLearner, has_per_step_batch_norm
-from rlmaml.supervised.problems import Problem, accuracy_percent, build_problem, criterion_loss
+from rlmaml.supervised.problems import (
+    Problem,
+    accuracy_percent,
+    build_problem,
+    criterion_loss,
+    image_problem,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -319,6 +324,7 @@ def synthetic_config(*overrides: str) -> SupervisedConfig:
             f"omniglot.ways={WAYS}",
             "omniglot.shots=1",
             "omniglot.query_shots=2",
+            "omniglot.rotate=false",
             "omniglot.filters=8",
             "omniglot.batch_norm=per_step",
             "meta.meta_batch=4",
@@ -335,28 +341,7 @@ def synthetic_config(*overrides: str) -> SupervisedConfig:
 def synthetic_problem(config: SupervisedConfig) -> Problem:
     """The Omniglot problem of ``config`` on synthetic images, built like the real one."""
     torch.manual_seed(config.seed)
-    settings = config.omniglot
-    images = [synthetic_images(12, 4, seed) for seed in (0, 1)]
-    samplers = [
-        EpisodeSampler(i, settings.ways, settings.shots, settings.query_shots) for i in images
-    ]
-    model = ConvNet(
-        settings.ways,
-        filters=settings.filters,
-        batch_norm=settings.batch_norm,
-        inner_steps=config.meta.inner_steps,
-        momentum=settings.batch_norm_momentum,
-    )
-    return Problem(
-        name="synthetic",
-        model=model,
-        task_loss=criterion_loss(model, F.cross_entropy),
-        task_metric=accuracy_percent(model),
-        metric="accuracy",
-        higher_is_better=True,
-        train_tasks=samplers[0].sample,
-        test_tasks=samplers[1].sample,
-    )
+    return image_problem(config, *(synthetic_images(12, 4, seed) for seed in (0, 1)))
 
 
 def test_config_accepts_per_step_and_names_bad_values() -> None:

@@ -134,6 +134,21 @@ def _omniglot(config: SupervisedConfig) -> Problem:
     train_images, test_images = paper_split(
         data, n_train=settings.train_classes, seed=settings.split_seed
     )
+    return image_problem(config, train_images, test_images)
+
+
+def image_problem(
+    config: SupervisedConfig, train_images: np.ndarray, test_images: np.ndarray
+) -> Problem:
+    """N-way K-shot classification with the paper's conv net on any class-indexed images.
+
+    Args:
+        config: the run config; its ``omniglot`` section gives ways, shots, rotation and the
+            network, ``meta.inner_steps`` the per-step BatchNorm depth.
+        train_images, test_images: ``[classes, examples, H, W]`` arrays of disjoint classes,
+            for meta-training and held-out tasks.
+    """
+    settings = config.omniglot
     samplers = [
         EpisodeSampler(images, settings.ways, settings.shots, settings.query_shots, settings.rotate)
         for images in (train_images, test_images)
