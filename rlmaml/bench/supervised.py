@@ -6,6 +6,14 @@ loss, its meta-gradient and the Adam step. Task sampling is left out (it is comm
 peers are used the way their own MAML examples use them: a Python loop over tasks with
 ``higher.innerloop_ctx`` / ``torchopt.MetaSGD``.
 
+rlmaml's ``vmap`` runs with the case's ``chunk_size`` (``MetaLearner(chunk_size=...)``, the
+``meta.chunk_size`` setting of a run). For the conv net that is 16 tasks at a time: under
+``vmap`` a convolution with per-task weights becomes one grouped convolution over the tasks of a
+chunk, and on a 2-core CPU the input gradient of a grouped convolution took 3 times as long
+per task with 32 groups as with 8 (oneDNN, 14x14 maps). Measured side by side, chunks of 16
+tasks made a meta-iteration 20-25% faster than all 32 at once, at 1 and 2 threads (chunks of
+8: as fast at 1 thread, slower at 2).
+
 Run ``rlmaml bench supervised [--json]`` (the peers come with ``pip install -e .[bench]``).
 """
 
@@ -41,6 +49,7 @@ class Case:
     batch: TaskBatch
     steps: int
     lr: float
+    chunk_size: int | None = None  # rlmaml's vmap: adapt at most this many tasks at once
 
 
 def cases() -> list[Case]:
@@ -53,19 +62,20 @@ def cases() -> list[Case]:
     return [
         Case("sinusoid_mb25_k10_1step", SinusoidMLP, F.mse_loss, sinusoid, 1, 0.01),
         Case("sinusoid_mb25_k10_5steps", SinusoidMLP, F.mse_loss, sinusoid, 5, 0.01),
-        Case("omniglot_5w1s_mb32_1step", lambda: ConvNet(5), F.cross_entropy, omniglot, 1, 0.4),
+        Case("omniglot_5w1s_mb32_1step", lambda: ConvNet(5), F.cross_entropy, omniglot, 1, 0.4, 16),
     ]
 
 
 def rlmaml_step(case: Case, model: nn.Module, vectorize: bool) -> Callable[[], None]:
-    """One rlmaml meta-iteration (the MetaLearner, vmap or loop over tasks)."""
-
+    """One rlmaml meta-iteration (the MetaLearner, vmap in chunks of ``case.chunk_size`` tasks
+    or a loop over tasks)."""
     learner = MetaLearner(
         model,
         criterion_loss(model, case.loss),
         inner_steps=case.steps,
         inner_lr=case.lr,
         vectorize=vectorize,
+        chunk_size=case.chunk_size,
     )
     optimizer = torch.optim.Adam(learner.meta_parameters(), lr=1e-3)
     b = case.batch
