@@ -16,19 +16,22 @@ change only the reward (and the control-cost weight). Common to both:
 :class:`BatchedHalfCheetah` steps many copies of either family at once for the samplers and
 reproduces them bit for bit (see :mod:`envs.batched_locomotion`).
 
-Differences from the paper's code (``maml_rl``, rllab ``half_cheetah.xml``) and why:
+Differences from the paper's code (``maml_rl``, rllab ``half_cheetah.xml``) and how to close
+them with v5 keywords (``experiments/halfcheetah_*.yaml`` do both):
 
 - Model and time step: v5's ``half_cheetah.xml`` with ``dt = 0.05`` (5 frames of 0.01 s);
   rllab's model is the same cheetah but was stepped once per action (``dt = 0.01``), so a
-  200-step episode covered 2 s there and covers 10 s here. The v5 setting is what current
-  Gymnasium users know and the REFERENCE asks for; ``frame_skip=1`` (a v5 keyword) is closer
-  to the paper's dynamics.
+  200-step episode covered 2 s there and covers 10 s here. ``frame_skip=1`` gives the paper's
+  dynamics.
+- Observation: the paper appended the torso's subtree centre of mass (3 values, including the
+  absolute x position) to ``qpos[1:]`` and ``qvel``; the v5 default leaves the x position out.
+  ``exclude_current_positions_from_observation=False`` puts the torso's x back (first value).
+  It matters for learning, not for the task: the quick settings adapt several times more with
+  it (measured in the README), likely because the linear feature baseline predicts the return
+  to go better from the distance covered so far.
 - Velocity: finite difference of the torso position over the step (as v5 and REFERENCE) rather
   than the instantaneous velocity of the torso's subtree centre of mass at the end of the step
   (rllab's ``get_body_comvel``); the finite difference is the average velocity over the step.
-- Observation: the paper appended the torso's subtree centre of mass (3 values, including the
-  absolute x position) to ``qpos[1:]`` and ``qvel``; the v5 observation leaves it out, since the
-  absolute x position carries nothing a velocity or direction task can use.
 """
 
 from __future__ import annotations

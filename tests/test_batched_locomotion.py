@@ -183,6 +183,21 @@ def test_configuration_is_taken_from_the_single_env() -> None:
         assert_copy_equals_single(batched, copy, single)
 
 
+@pytest.mark.parametrize("env_id", ["rlmaml/HalfCheetahVel-v0", "rlmaml/HalfCheetahDir-v0"])
+def test_the_papers_cheetah_settings_are_reproduced(env_id: str) -> None:
+    """The configs' frame_skip 1 and torso x in the observation (experiments/halfcheetah_*)."""
+    kwargs = {"frame_skip": 1, "exclude_current_positions_from_observation": False}
+    tasks = sample_tasks(env_id, 2)
+    actions = random_actions(env_id, 2)
+    batched = run_batched(make_batched(env_id, **kwargs), tasks, [3, 4], actions)
+    assert batched["obs"].shape[-1] == 18
+    for copy in range(2):
+        single = run_single(env_id, tasks[copy], copy + 3, actions[:, copy], **kwargs)
+        assert_copy_equals_single(batched, copy, single)
+        # the x position is the observation's first value and moves with the torso
+        assert np.ptp(np.array(single["obs"])[:, 0]) > 0
+
+
 # --- unstable simulations -----------------------------------------------------------------
 
 WHEN = 4
