@@ -100,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="speed benchmarks against other libraries")
     bench.add_argument("what", choices=["supervised", "rl", "sampler"])
     bench.add_argument("--env", default="rlmaml/HalfCheetahVel-v0", help="sampler: env id")
+    bench.add_argument(
+        "--env-kwargs",
+        type=_json_object,
+        default={},
+        metavar="JSON",
+        help="sampler: keywords for the env, e.g. '{\"frame_skip\": 1}' (default: none)",
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.add_argument("--repeats", type=int, default=10, help="timed repetitions per case")
     bench.add_argument(
@@ -117,6 +124,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(handler=_bench)
     return parser
+
+
+def _json_object(text: str) -> dict:
+    """A JSON object given on the command line (argparse reports the error if it is not)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not JSON: {error}") from error
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _require_run_folder(path: Path) -> None:
@@ -271,7 +289,7 @@ def _bench(args: argparse.Namespace) -> int:
     if args.what == "sampler":
         from rlmaml.bench.sampler import main as bench_sampler
 
-        return bench_sampler(args.env, args.repeats, args.json, args.config)
+        return bench_sampler(args.env, args.repeats, args.json, args.config, args.env_kwargs)
     from rlmaml.bench.supervised import main as bench_supervised
 
     return bench_supervised(repeats=args.repeats, as_json=args.json)

@@ -172,3 +172,11 @@ def test_evaluate_of_a_missing_folder_creates_nothing(tmp_path: Path) -> None:
 def test_every_shipped_config_is_valid(config: Path) -> None:
     data = yaml.safe_load(config.read_text())
     load_config(_config_class(data, config), data=data)
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"), [("{frame_skip: 1}", "not JSON"), ("[1]", "expected a JSON object")]
+)
+def test_bench_sampler_env_kwargs_must_be_a_json_object(text: str, needle: str) -> None:
+    result = rlmaml("bench", "sampler", "--env-kwargs", text)
+    assert_clean_failure(result, "--env-kwargs", needle)

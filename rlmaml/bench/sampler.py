@@ -22,9 +22,13 @@ Both backends step the natively batched twin, as training does. On a machine sha
 work every rate drops and moves between runs, the raw one included (it needs every core at
 once); compare ratios measured together, and repeat a run that looks off.
 
-Each figure is the median over ``repeats`` timed runs after one untimed warm-up.
+Each figure is the median over ``repeats`` timed runs after one untimed warm-up. The rates
+are those of the env as ``gymnasium.make(env_id, **env_kwargs)`` builds it (its defaults unless
+``--env-kwargs`` says otherwise, e.g. ``'{"frame_skip": 1}'`` for the paper's cheetah dynamics:
+five times fewer simulator steps per env step, so the policy's share of the time grows).
 
-Run ``rlmaml bench sampler [--env ID] [--repeats N] [--config CONFIG] [--json]``.
+Run ``rlmaml bench sampler [--env ID] [--env-kwargs JSON] [--repeats N] [--config CONFIG]
+[--json]``.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ PAPER_CONFIGS = {
 """The paper-settings config of each family, whose meta-iteration the benchmark times."""
 
 
-def _raw_worker(env_id: str, steps: int, seed: int, barrier, results) -> None:
+def _raw_worker(env_id: str, env_kwargs: dict, steps: int, seed: int, barrier, results) -> None:
     """Step a copy of the env's MuJoCo data ``steps`` env steps; put (steps, seconds)."""
     import gymnasium
     import mujoco
@@ -61,7 +65,7 @@ def _raw_worker(env_id: str, steps: int, seed: int, barrier, results) -> None:
 
     import envs  # noqa: F401  (registers the rlmaml/ ids)
 
-    env = gymnasium.make(env_id)
+    env = gymnasium.make(env_id, **env_kwargs)
     model = env.unwrapped.model
     frame_skip = env.unwrapped.frame_skip
     horizon = env.spec.max_episode_steps or 200
@@ -79,13 +83,15 @@ def _raw_worker(env_id: str, steps: int, seed: int, barrier, results) -> None:
     env.close()
 
 
-def raw_rate(env_id: str, processes: int, steps: int = RAW_STEPS) -> float:
+def raw_rate(env_id: str, env_kwargs: dict, processes: int, steps: int = RAW_STEPS) -> float:
     """Env steps/s of ``processes`` concurrent raw-stepping processes together."""
     context = get_context("spawn")
     barrier = context.Barrier(processes)
     results = context.Queue()
     workers = [
-        context.Process(target=_raw_worker, args=(env_id, steps, seed, barrier, results))
+        context.Process(
+            target=_raw_worker, args=(env_id, env_kwargs, steps, seed, barrier, results)
+        )
         for seed in range(processes)
     ]
     for worker in workers:
@@ -111,7 +117,7 @@ def _median_rate(run: Callable[[], int], repeats: int) -> float:
     return statistics.median(rates)
 
 
-def backend_rates(env_id: str, workers: int, repeats: int) -> dict[str, float]:
+def backend_rates(env_id: str, env_kwargs: dict, workers: int, repeats: int) -> dict[str, float]:
     """Env steps/s, policy included, of each sampler backend on one meta-batch phase."""
     import gymnasium
 
@@ -121,7 +127,7 @@ def backend_rates(env_id: str, workers: int, repeats: int) -> dict[str, float]:
     from rlmaml.rl.process_sampler import ProcessSampler
     from rlmaml.rl.samplers import VectorizedSampler
 
-    env = gymnasium.make(env_id)
+    env = gymnasium.make(env_id, **env_kwargs)
     env.reset(seed=0)
     tasks = require_task_family(env).sample_tasks(TASKS)
     obs_dim = env.observation_space.shape[0]
@@ -131,8 +137,8 @@ def backend_rates(env_id: str, workers: int, repeats: int) -> dict[str, float]:
     policy = GaussianMLPPolicy(obs_dim, act_dim, hidden=(100, 100))
     params = expand_params({name: p.detach() for name, p in module_params(policy).items()}, TASKS)
     backends = {
-        "vectorized": lambda: VectorizedSampler(env_id, policy),
-        "process": lambda: ProcessSampler(env_id, policy, num_workers=workers),
+        "vectorized": lambda: VectorizedSampler(env_id, policy, env_kwargs),
+        "process": lambda: ProcessSampler(env_id, policy, env_kwargs, num_workers=workers),
     }
     rates = {}
     for name, make in backends.items():
@@ -163,17 +169,23 @@ def iteration_seconds(config_path: str, repeats: int) -> dict[str, float]:
 
 
 def run(
-    env_id: str, repeats: int = 3, config_path: str | None = None, iteration_repeats: int = 1
+    env_id: str,
+    repeats: int = 3,
+    config_path: str | None = None,
+    iteration_repeats: int = 1,
+    env_kwargs: dict | None = None,
 ) -> dict[str, object]:
     """The raw rate, every backend's rate, their ratio and the meta-iteration's breakdown (when
     a config is given or the family has one in ``PAPER_CONFIGS``), as one JSON-able dict."""
+    env_kwargs = dict(env_kwargs or {})
     cores = os.cpu_count() or 1
-    raw = statistics.median(raw_rate(env_id, cores) for _ in range(max(repeats, 1)))
-    backends = backend_rates(env_id, cores, repeats)
+    raw = statistics.median(raw_rate(env_id, env_kwargs, cores) for _ in range(max(repeats, 1)))
+    backends = backend_rates(env_id, env_kwargs, cores, repeats)
     config_path = config_path or PAPER_CONFIGS.get(env_id)
     iteration = None if config_path is None else iteration_seconds(config_path, iteration_repeats)
     return {
         "env": env_id,
+        "env_kwargs": env_kwargs,
         "unit": "env steps per second",
         "cores": cores,
         "phase": f"{TASKS} tasks x {EPISODES} episodes",
@@ -191,15 +203,16 @@ def main(
     repeats: int = 3,
     as_json: bool = False,
     config_path: str | None = None,
+    env_kwargs: dict | None = None,
 ) -> int:
     """Print the rates and the iteration breakdown (a table, or one JSON object)."""
-    results = run(env_id, repeats, config_path)
+    results = run(env_id, repeats, config_path, env_kwargs=env_kwargs)
     if as_json:
         print(json.dumps(results))
         return 0
     print(
-        f"{env_id}: env steps/s on {results['cores']} cores, {results['phase']}, "
-        f"median of {repeats}"
+        f"{env_id} {results['env_kwargs'] or ''}: env steps/s on {results['cores']} cores, "
+        f"{results['phase']}, median of {repeats}"
     )
     print(f"  {'raw mj_step':<12} {results['raw_steps_per_s']:>12,.0f}")
     for name, rate in results["backends"].items():
