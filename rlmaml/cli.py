@@ -94,6 +94,15 @@ def _parser() -> argparse.ArgumentParser:
         help="which state to evaluate: the best iteration by the validation score (the default "
         "when the run kept one) or the last checkpoint",
     )
+    evaluate.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value of the run's config for this evaluation, e.g. "
+        "--set sampler.batch_unit=steps (repeatable)",
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -217,7 +226,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         )
         if value is not None
     ]
-    config = _load(run.config, overrides)
+    config = _load(run.config, [*overrides, *args.overrides])
     experiment = _experiment(config)
     try:
         experiment.load_state(checkpoint.tensors, checkpoint.metadata["trainable"])
@@ -230,6 +239,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "iteration": checkpoint.step,
         "checkpoint": which,
         "problem": experiment.name,
+        "overrides": list(args.overrides),
     }
     (run.eval / "adaptation.json").write_text(json.dumps(payload, indent=1))
     figure = plot_adaptation_curve(

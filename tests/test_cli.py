@@ -180,3 +180,14 @@ def test_every_shipped_config_is_valid(config: Path) -> None:
 def test_bench_sampler_env_kwargs_must_be_a_json_object(text: str, needle: str) -> None:
     result = rlmaml("bench", "sampler", "--env-kwargs", text)
     assert_clean_failure(result, "--env-kwargs", needle)
+
+
+def test_evaluate_applies_config_overrides(trained_run: Path) -> None:
+    """``--set`` changes the evaluation: a vanishing inner step size leaves the loss as it was."""
+    common = ("evaluate", trained_run, "--steps", "1", "--tasks", "10", "--json")
+    adapted = json.loads(rlmaml(*common).stdout)
+    frozen = json.loads(rlmaml(*common, "--set", "meta.inner_lr=1e-9").stdout)
+    assert frozen["overrides"] == ["meta.inner_lr=1e-9"]
+    assert frozen["mean"][0] == adapted["mean"][0]
+    assert abs(adapted["mean"][1] - adapted["mean"][0]) > 1e-3 * adapted["mean"][0]
+    assert abs(frozen["mean"][1] - frozen["mean"][0]) < 1e-5 * frozen["mean"][0]

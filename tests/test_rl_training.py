@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from rlmaml.core import expand_params
 from rlmaml.rl.config import RLConfig
 from rlmaml.rl.experiment import RLExperiment
 from rlmaml.runs import ConfigError, RunDir, latest_checkpoint, load_config, read_metrics
@@ -145,3 +146,23 @@ def test_validation_keeps_the_best_iteration_without_changing_training(tmp_path)
     assert sorted(scores) == [2, 4]
     assert best.step == max(scores, key=scores.get)
     assert best.metadata["selection"]["value"] == pytest.approx(scores[best.step])
+
+
+def test_a_step_budget_trains_alike_on_both_backends_with_more_episodes(tmp_path):
+    """With episodes ending early (a generous goal tolerance), a batch counted in time steps
+    holds more episodes than asked for, and both backends train to the same parameters."""
+    steps = ("sampler.batch_unit=steps", "env.kwargs={goal_tolerance: 0.15}")
+    experiment = RLExperiment(_config(*steps))
+    try:
+        tasks = experiment.task_env.sample_tasks(4)
+        traj = experiment.sample(expand_params(experiment.params, 4), tasks, 6, seed=0)
+    finally:
+        experiment.close()
+    assert traj.num_episodes > 6
+    assert bool((traj.lengths.sum(dim=1) >= 6 * 100).all())
+    vectorized, _ = _train(_config(*steps), tmp_path / "v", 1)
+    process, _ = _train(
+        _config(*steps, "sampler.backend=process", "sampler.workers=2"), tmp_path / "p", 1
+    )
+    for name in vectorized:
+        torch.testing.assert_close(vectorized[name], process[name])

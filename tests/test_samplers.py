@@ -15,6 +15,7 @@ import envs
 from rlmaml.core.params import expand_params, module_params, stack_params
 from rlmaml.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, per_task_distribution
 from rlmaml.rl.samplers import Sampler, VectorizedSampler, episode_seeds
+from rlmaml.rl.step_budget import sample_step_budget
 from rlmaml.rl.trajectories import Trajectories
 
 NAV_ID = "rlmaml/Navigation2D-v0"
@@ -372,3 +373,71 @@ def test_invalid_requests_raise_clear_errors() -> None:
         VectorizedSampler("rlmaml/NoSuchEnv-v0", policy)
     with pytest.raises(ValueError, match="num_threads"):
         VectorizedSampler(NAV_ID, policy, num_threads=0)
+
+
+# --- batches counted in time steps (rlmaml.rl.step_budget) ---------------------------------
+
+
+class RecordingSampler:
+    """A sampler that records the parameters and tasks of every request it passes on."""
+
+    def __init__(self, sampler: VectorizedSampler) -> None:
+        self.sampler = sampler
+        self.requests: list[tuple[dict[str, torch.Tensor], list[dict], int]] = []
+
+    def sample(self, params, tasks, episodes_per_task, seed) -> Trajectories:
+        self.requests.append((params, list(tasks), episodes_per_task))
+        return self.sampler.sample(params, tasks, episodes_per_task, seed)
+
+
+def test_a_step_budget_fills_every_task_with_whole_episodes() -> None:
+    policy = make_policy(act_dim=1)
+    # Horizon 6, 3 episodes: a budget of 18 steps per task.
+    tasks = [{"length": 2}, {"length": 4}, {"length": 6}, {"length": 9}]
+    with VectorizedSampler(COUNTDOWN_ID, policy) as inner:
+        recorder = RecordingSampler(inner)
+        traj = sample_step_budget(recorder, expand_params(detached(policy), 4), tasks, 3, seed=5)
+    # 9 episodes of 2 steps; 5 of 4 (16 < 18, the fifth kept whole); 3 reaching the horizon.
+    expected = [[2] * 9, [4] * 5, [6] * 3, [6] * 3]
+    assert traj.num_episodes == 9
+    for task, lengths in enumerate(expected):
+        padded = lengths + [0] * (9 - len(lengths))
+        assert traj.lengths[task].tolist() == padded, task
+    # Returns 1 + 2 + ... + length per episode; empty episodes are not averaged in.
+    torch.testing.assert_close(traj.mean_return(), torch.tensor([3.0, 10.0, 21.0, 21.0]))
+    assert torch.all(traj.observations[1, 5:] == 0) and torch.all(traj.masks[1, 5:] == 0)
+    # Later rounds ask only for the tasks still short of the budget, with shared parameters
+    # kept shared (stride 0: the sampler's single-forward path).
+    assert [len(tasks_) for _, tasks_, _ in recorder.requests][0] == 4
+    assert all(t["length"] in (2, 4) for _, tasks_, _ in recorder.requests[1:] for t in tasks_)
+    for params, tasks_, _ in recorder.requests:
+        assert all(p.stride(0) == 0 and p.shape[0] == len(tasks_) for p in params.values())
+
+
+def test_a_step_budget_with_per_task_params_gives_each_task_its_own() -> None:
+    policy = make_policy(act_dim=1)
+    tasks = [{"length": 3}, {"length": 6}, {"length": 1}]
+    params = distinct_params(policy, 3)
+    with VectorizedSampler(COUNTDOWN_ID, policy) as sampler:
+        traj = sample_step_budget(sampler, params, tasks, 2, seed=1)
+    for task in range(3):
+        real = traj.masks[task].bool()
+        dist = per_task_distribution(
+            policy,
+            {k: v[task : task + 1] for k, v in params.items()},
+            traj.observations[task : task + 1],
+        )
+        torch.testing.assert_close(
+            dist.log_prob(traj.actions[task : task + 1])[0][real], traj.log_probs[task][real]
+        )
+
+
+def test_a_step_budget_equals_one_phase_when_no_episode_ends_early() -> None:
+    policy = make_policy()
+    tasks = nav_tasks(3)
+    params = expand_params(detached(policy), 3)
+    with VectorizedSampler(NAV_ID, policy) as sampler:
+        budgeted = sample_step_budget(sampler, params, tasks, 4, seed=0)
+        plain = sampler.sample(params, tasks, 4, seed=0)
+    assert torch.equal(plain.lengths, torch.full((3, 4), 100))
+    assert_identical(budgeted, plain)

@@ -24,6 +24,11 @@ class SamplerSettings:
     backend: Literal["vectorized", "process"] = "vectorized"
     workers: int | None = None  # process backend: worker processes (default: all cores)
     timeout_s: float = 60.0  # process backend: a worker silent this long is reported
+    # How meta.episodes and eval.episodes count a batch: "episodes" runs exactly that many
+    # per task; "steps" runs whole episodes until they hold episodes x horizon time steps per
+    # task, as the paper's code did (more, shorter episodes when they end early; see
+    # rlmaml/rl/step_budget.py).
+    batch_unit: Literal["episodes", "steps"] = "episodes"
 
     def __post_init__(self) -> None:
         check(

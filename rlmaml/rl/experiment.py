@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 import envs
-from rlmaml.core import expand_params, module_params
+from rlmaml.core import Params, expand_params, module_params
 from rlmaml.rl.baseline import LinearFeatureBaseline
 from rlmaml.rl.config import RLConfig
 from rlmaml.rl.distributions import Distribution
@@ -28,6 +28,7 @@ from rlmaml.rl.policies import CategoricalMLPPolicy, GaussianMLPPolicy, per_task
 from rlmaml.rl.process_sampler import ProcessSampler
 from rlmaml.rl.returns import discounted_returns, gae, normalize_advantages
 from rlmaml.rl.samplers import Sampler, VectorizedSampler
+from rlmaml.rl.step_budget import sample_step_budget
 from rlmaml.rl.trajectories import Trajectories
 from rlmaml.rl.trpo import TRPOSettings, trpo_step
 from rlmaml.runs.config import ConfigError
@@ -161,6 +162,14 @@ class RLExperiment:
             masks,
         )
 
+    def sample(
+        self, params: Params, tasks: Sequence[dict], episodes: int, seed: int
+    ) -> Trajectories:
+        """A batch of ``episodes`` per task, counted as ``sampler.batch_unit`` says."""
+        if self.config.sampler.batch_unit == "steps":
+            return sample_step_budget(self.sampler, params, tasks, episodes, seed)
+        return self.sampler.sample(params, tasks, episodes, seed)
+
     def _seed(self) -> int:
         return int(self.rng.integers(2**31))
 
@@ -175,10 +184,10 @@ class RLExperiment:
         for _ in range(meta.inner_steps + 1):
             start = time.perf_counter()
             with torch.no_grad():
-                trajectories = self.sampler.sample(current, tasks, episodes, self._seed())
+                trajectories = self.sample(current, tasks, episodes, self._seed())
             sampling_s += time.perf_counter() - start
             env_steps += trajectories.num_steps()
-            returns.append(trajectories.episode_returns().mean().item())
+            returns.append(trajectories.mean_return().mean().item())
             batch = self.policy_batch(trajectories)
             if len(supports) == meta.inner_steps:
                 with torch.no_grad():
@@ -323,10 +332,8 @@ class RLExperiment:
         current, supports, per_step = expand_params(theta, n_tasks), [], []
         for step in range(steps + 1):
             with torch.no_grad():
-                trajectories = self.sampler.sample(
-                    current, tasks, episodes, int(rng.integers(2**31))
-                )
-            per_step.append(trajectories.episode_returns().mean(1).cpu())
+                trajectories = self.sample(current, tasks, episodes, int(rng.integers(2**31)))
+            per_step.append(trajectories.mean_return().cpu())
             if step == steps:
                 break
             supports.append(self.policy_batch(trajectories))

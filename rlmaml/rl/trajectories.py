@@ -87,6 +87,15 @@ class Trajectories(NamedTuple):
         """Undiscounted return of every episode, ``[T, E]``; padding steps do not count."""
         return (self.rewards * self.masks).sum(dim=-1)
 
+    def mean_return(self) -> torch.Tensor:
+        """Average undiscounted return per task ``[T]`` over its non-empty episodes.
+
+        Empty episodes (length 0) pad tasks that hold fewer episodes than others, as batches
+        counted in time steps do (see :mod:`rlmaml.rl.step_budget`); they are not episodes.
+        """
+        real = (self.lengths > 0).to(self.rewards.dtype)
+        return (self.episode_returns() * real).sum(dim=1) / real.sum(dim=1).clamp_min(1.0)
+
     def to(self, device: torch.device | str) -> Trajectories:
         """Returns a copy with every tensor moved to ``device``.
 
