@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, FileNotFoundError, TrainingDiverged) as error:
         print(f"rlmaml {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # The training loop has already saved a checkpoint and said where; no traceback.
+        print(f"rlmaml {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -34,16 +36,25 @@ TINY = (
 )
 
 
-def rlmaml(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m rlmaml.cli ARGS`` with one torch thread; capture its output."""
+def command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "rlmaml.cli", *map(str, args)]
+
+
+def environment() -> dict[str, str]:
+    """This environment with the repository importable and one torch thread."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return env
+
+
+def rlmaml(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m rlmaml.cli ARGS`` with one torch thread; capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "rlmaml.cli", *map(str, args)],
+        command(*args),
         capture_output=True,
         text=True,
-        env=env,
+        env=environment(),
         cwd=cwd or REPO,
         timeout=300,
     )
@@ -191,3 +202,27 @@ def test_evaluate_applies_config_overrides(trained_run: Path) -> None:
     assert frozen["mean"][0] == adapted["mean"][0]
     assert abs(adapted["mean"][1] - adapted["mean"][0]) > 1e-3 * adapted["mean"][0]
     assert abs(frozen["mean"][1] - frozen["mean"][0]) < 1e-5 * frozen["mean"][0]
+
+
+def test_ctrl_c_stops_training_with_a_checkpoint_and_no_traceback(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        command("train", QUICK, "--run-dir", run_dir, *overrides("run.checkpoint_every=100000")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment(),
+        cwd=REPO,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "metrics.csv").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr, stderr
+    assert "interrupted" in stderr
+    assert checkpoint_steps(run_dir / "checkpoints")  # saved on the way out
