@@ -207,7 +207,13 @@ def test_evaluate_applies_config_overrides(trained_run: Path) -> None:
 def test_ctrl_c_stops_training_with_a_checkpoint_and_no_traceback(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        command("train", QUICK, "--run-dir", run_dir, *overrides("run.checkpoint_every=100000")),
+        command(
+            "train",
+            QUICK,
+            "--run-dir",
+            run_dir,
+            *overrides("run.checkpoint_every=100000", "meta.iterations=1000000"),
+        ),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -215,8 +221,12 @@ def test_ctrl_c_stops_training_with_a_checkpoint_and_no_traceback(tmp_path: Path
         cwd=REPO,
     )
     try:
+        # Wait for logged iterations: the training loop, which checkpoints on Ctrl-C, is running.
+        metrics = run_dir / "metrics.csv"
         deadline = time.monotonic() + 120
-        while not (run_dir / "metrics.csv").exists() and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not (
+            metrics.exists() and len(metrics.read_text().splitlines()) > 1
+        ):
             time.sleep(0.2)
         process.send_signal(signal.SIGINT)
         _, stderr = process.communicate(timeout=120)
