@@ -274,7 +274,7 @@ class _GymnasiumEnvs:
         self._families.clear()
 
 
-def _shared_params(params: Params) -> Params | None:
+def shared_params(params: Params) -> Params | None:
     """The one parameter set behind ``params`` if they come from ``expand_params``, else None.
 
     ``expand_params`` output has stride 0 along the task axis, whatever the number of tasks
@@ -424,7 +424,7 @@ class VectorizedSampler(Sampler):
         part = slice(first_task, first_task + num_tasks)
         envs, device = self._envs, self.device
         horizon, episodes, n = envs.horizon, episodes_per_task, num_tasks * episodes_per_task
-        shared = _shared_params(params)
+        shared = shared_params(params)
         if shared is not None:
             shared = {name: t.to(device) for name, t in shared.items()}
         else:

@@ -35,8 +35,8 @@ import numpy as np
 import torch
 
 from envs.protocol import Task
-from rlmaml.core.params import Params
-from rlmaml.rl.samplers import Sampler
+from rlmaml.core.params import Params, expand_params
+from rlmaml.rl.samplers import Sampler, shared_params
 from rlmaml.rl.trajectories import Trajectories
 
 MAX_ROUND_FACTOR = 4
@@ -89,15 +89,12 @@ def _task(trajectories: Trajectories, index: int) -> Trajectories:
 
 
 def _select_tasks(params: Params, tasks: list[int]) -> Params:
-    """``params`` of the given tasks; parameters shared by all tasks (stride 0, as from
-    ``expand_params``) stay shared, so the sampler keeps its single-forward path."""
-    selected = {}
-    for name, tensor in params.items():
-        if tensor.stride(0) == 0:
-            selected[name] = tensor[:1].expand(len(tasks), *tensor.shape[1:])
-        else:
-            selected[name] = tensor[tasks]
-    return selected
+    """``params`` of the given tasks; parameters shared by all tasks (``expand_params``) stay
+    shared, so the sampler keeps its single-forward path."""
+    shared = shared_params(params)
+    if shared is not None:
+        return expand_params(shared, len(tasks))
+    return {name: tensor[tasks] for name, tensor in params.items()}
 
 
 def _round_seed(seed: int, round_index: int) -> int:
