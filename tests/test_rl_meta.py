@@ -36,6 +36,70 @@ def _outer_batch(policy, maml, params, tasks=3):
     return OuterBatch((support,), query, behaviour)
 
 
+def _ragged(batch, lengths):
+    """``batch`` with episode ``(t, e)`` cut to ``lengths[t][e]`` steps (padding zeroed)."""
+    lengths = torch.tensor(lengths)
+    horizon = batch.masks.shape[-1]
+    masks = (torch.arange(horizon) < lengths.unsqueeze(-1)).to(batch.masks.dtype)
+
+    def cut(field):
+        return field * masks.reshape(*masks.shape, *[1] * (field.dim() - 3))
+
+    return PolicyBatch(*(cut(field) for field in batch[:-1]), masks)
+
+
+def test_packing_moves_each_tasks_steps_in_order_to_the_front_and_drops_unneeded_rows():
+    batch = _ragged(_batch(2, 4, 5, 3, 2, seed=0), [[5, 2, 0, 1], [3, 3, 3, 0]])
+    packed = batch.packed()
+    # 8 and 9 valid steps fit in two rows of 5.
+    assert packed.masks.shape == (2, 2, 5)
+    assert packed.observations.shape == (2, 2, 5, 3)
+    for task in range(2):
+        valid = batch.masks[task].reshape(-1) == 1
+        count = int(valid.sum())
+        kept = packed.masks[task].reshape(-1)
+        assert kept[:count].eq(1).all() and kept[count:].eq(0).all()
+        for field, original in zip(packed, batch, strict=True):
+            flat = original[task].reshape(original.shape[1] * original.shape[2], -1)
+            torch.testing.assert_close(
+                field[task].reshape(-1, flat.shape[1])[:count], flat[valid], rtol=0, atol=0
+            )
+
+
+def test_a_batch_without_droppable_rows_is_not_repacked():
+    full = _batch(2, 3, 4, 2, 2, seed=0)  # one half-empty episode: no whole row to drop
+    assert full.packed() is full
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_packed_batches_give_the_same_objective_kl_and_fisher_products(first_order):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden=(8, 8))
+    maml = PolicyMAML(policy, inner_lr=0.1, first_order=first_order)
+    params = {k: v.detach().clone().requires_grad_() for k, v in module_params(policy).items()}
+    lengths = [[6, 1, 2, 0], [3, 3, 0, 0], [6, 5, 0, 1]]
+    support = _ragged(_batch(3, 4, 6, 2, 2, seed=1), lengths)
+    query = _ragged(_batch(3, 4, 6, 2, 2, seed=2), lengths[::-1])
+
+    def outer(support, query):
+        with torch.no_grad():
+            adapted = maml.adapted(params, (support,))
+            behaviour = per_task_distribution(policy, adapted, query.observations).detach()
+        return OuterBatch((support,), query, behaviour)
+
+    padded, packed = outer(support, query), outer(support.packed(), query.packed())
+    assert packed.query.masks.shape[1] < padded.query.masks.shape[1]
+    for ours, reference in zip(
+        maml.surrogate_and_kl(params, packed), maml.surrogate_and_kl(params, padded), strict=True
+    ):
+        torch.testing.assert_close(ours, reference)
+    vector = {k: torch.randn_like(p) for k, p in params.items()}
+    ours = maml.fisher_vector_product(params, packed)(vector)
+    reference = maml.fisher_vector_product(params, padded)(vector)
+    for name in params:
+        torch.testing.assert_close(ours[name], reference[name], msg=name)
+
+
 def test_reinforce_gradient_matches_the_analytic_one_on_a_bandit():
     """One-step bandit, Gaussian policy N(mu, sigma): d/dmu E[-log pi(a) A] = -(a - mu)/s^2 A."""
     policy = GaussianMLPPolicy(1, 1, hidden=(4,))

@@ -145,7 +145,7 @@ class RLExperiment:
 
     # -- data ----------------------------------------------------------------------------
     def policy_batch(self, trajectories: Trajectories) -> PolicyBatch:
-        """Advantages from the linear feature baseline fitted per task, as a loss batch."""
+        """Advantages from the linear feature baseline fitted per task, as a packed loss batch."""
         meta = self.config.meta
         masks = trajectories.masks
         returns = discounted_returns(trajectories.rewards, masks, meta.gamma)
@@ -160,7 +160,7 @@ class RLExperiment:
             advantages.detach(),
             trajectories.log_probs,
             masks,
-        )
+        ).packed()
 
     def sample(
         self, params: Params, tasks: Sequence[dict], episodes: int, seed: int

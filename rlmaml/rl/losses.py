@@ -6,6 +6,7 @@ map it over tasks with ``vmap``. Means are over valid (unmasked) time steps.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -18,13 +19,48 @@ from rlmaml.rl.policies import distribution
 
 
 class PolicyBatch(NamedTuple):
-    """What a policy-gradient loss needs from sampled episodes (task axis first, if any)."""
+    """What a policy-gradient loss needs from sampled episodes (task axis first, if any).
+
+    Every field has the leading axes ``[T, rows, H]``; a row is an episode as sampled, or, after
+    :meth:`packed`, a stretch of ``H`` consecutive valid steps of one task.
+    """
 
     observations: Tensor
     actions: Tensor
     advantages: Tensor
     log_probs: Tensor
     masks: Tensor
+
+    def packed(self) -> PolicyBatch:
+        """The same steps with each task's padding squeezed out: ``[T, rows', H]``.
+
+        Every loss here is a per-step quantity averaged over valid steps, and the advantages
+        already carry everything that needed episode boundaries (returns, baseline, GAE), so
+        the losses need only the steps themselves. Episodes that end early leave most of their
+        row as padding (a batch counted in time steps can hold four or more times as many
+        slots as steps); packing moves each task's valid steps, in order, to the front of its
+        rows and drops the rows no task needs, so the policy's forward and backward passes in
+        the inner and outer steps run over ``rows' = ceil(max valid steps per task / H)`` rows
+        instead. The losses are unchanged up to the order of summation. A batch with nothing
+        to drop is returned as it is.
+        """
+        masks = self.masks
+        num_tasks, rows, horizon = masks.shape
+        valid = masks.reshape(num_tasks, rows * horizon) != 0
+        needed = max(math.ceil(int(valid.sum(dim=1).max()) / horizon), 1)
+        if needed >= rows:
+            return self
+        # A stable sort on "is padding" lists each task's valid steps first, in their order.
+        order = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices
+        order = order[:, : needed * horizon]
+
+        def gather(field: Tensor) -> Tensor:
+            flat = field.reshape(num_tasks, rows * horizon, *field.shape[3:])
+            index = order.reshape(num_tasks, -1, *[1] * (flat.dim() - 2))
+            picked = flat.gather(1, index.expand(-1, -1, *flat.shape[2:]))
+            return picked.reshape(num_tasks, needed, horizon, *field.shape[3:])
+
+        return PolicyBatch(*(gather(field) for field in self))
 
 
 def masked_mean(values: Tensor, masks: Tensor) -> Tensor:
