@@ -22,13 +22,17 @@ reward terms and their weights. Common to all three:
 :class:`BatchedAnt` (AntVel, AntDir) and :class:`BatchedAntGoal` step many copies at once for
 the samplers and reproduce the single envs bit for bit (see :mod:`envs.batched_locomotion`).
 
-Differences from the paper's code (``maml_rl``, rllab ``ant.xml``) and why:
+Differences from the paper's code (``maml_rl``, rllab ``ant.xml``), why, and which v5 keywords
+bring the two closer (``experiments/ant_*.yaml`` pass ``frame_skip=2`` and
+``exclude_current_positions_from_observation=False``):
 
 - Model and time step: v5's ``ant.xml`` (RK4, timestep 0.01, ``frame_skip`` 5, ``dt = 0.05``,
   gear 150 with controls in ``[-1, 1]``, initial torso height 0.75); rllab's ant used RK4 with
   timestep 0.02, one simulator step per action (``dt = 0.02``), gear 1 with controls in
-  ``[-150, 150]`` and an initial height of 0.55. The costs above are rescaled so that they are
-  the same functions of the normalised action.
+  ``[-150, 150]`` (the paper's policy acted in ``[-1, 1]``, rescaled by rllab's ``normalize``)
+  and an initial height of 0.55. The costs above are rescaled so that they are the same
+  functions of the normalised action. ``frame_skip=2`` gives the paper's ``dt = 0.02``: a
+  200-step episode then covers 4 s, as in the paper, instead of v5's 10 s.
 - Contact forces: v5 computes ``cfrc_ext`` with ``mj_rnePostConstraint`` after every step, so
   the contact cost and the 78 contact-force observations are real (with ``mujoco-py`` >= 2.0 the
   old ``Ant-v2/v3`` read zeros; ``Ant-v4`` left both out unless ``use_contact_forces=True``; v5
@@ -37,7 +41,9 @@ Differences from the paper's code (``maml_rl``, rllab ``ant.xml``) and why:
   body's (always zero) forces, the torso's rotation matrix (9) and its subtree centre of mass (3),
   and the full ``qpos``; here it is v5's default (plus x, y for AntGoal). v5 keywords such as
   ``include_cfrc_ext_in_observation`` and ``exclude_current_positions_from_observation`` pass
-  through.
+  through; ``exclude_current_positions_from_observation=False`` observes the full ``qpos``, as
+  the paper did (on the cheetah, observing the x position made the adaptation step several
+  times more effective, see :mod:`envs.cheetah`).
 - Survive bonus: the paper's ``+1.0`` in AntVel was part of its forward reward and paid on every
   step, the terminating one included; here it is v5's ``healthy_reward`` (default 1.0 for
   AntVel), paid only on steps that end healthy, so a fall costs one more unit. The paper's

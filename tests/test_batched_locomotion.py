@@ -6,6 +6,7 @@ env does, and the batched twins are the ones samplers find."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import gymnasium
@@ -21,6 +22,10 @@ from envs import batched_env_for, require_task_family  # noqa: E402
 from envs.ant import BatchedAnt, BatchedAntGoal  # noqa: E402
 from envs.cheetah import BatchedHalfCheetah  # noqa: E402
 from envs.humanoid import BatchedHumanoidDir  # noqa: E402
+from rlmaml.rl.config import RLConfig  # noqa: E402
+from rlmaml.runs import load_config  # noqa: E402
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 BATCHED = {
     "rlmaml/HalfCheetahVel-v0": BatchedHalfCheetah,
@@ -183,14 +188,17 @@ def test_configuration_is_taken_from_the_single_env() -> None:
         assert_copy_equals_single(batched, copy, single)
 
 
-@pytest.mark.parametrize("env_id", ["rlmaml/HalfCheetahVel-v0", "rlmaml/HalfCheetahDir-v0"])
-def test_the_papers_cheetah_settings_are_reproduced(env_id: str) -> None:
-    """The configs' frame_skip 1 and torso x in the observation (experiments/halfcheetah_*)."""
-    kwargs = {"frame_skip": 1, "exclude_current_positions_from_observation": False}
+@pytest.mark.parametrize(
+    "config", ["halfcheetah_vel", "halfcheetah_dir", "ant_vel", "ant_dir", "ant_goal"]
+)
+def test_the_paper_configs_env_settings_are_reproduced(config: str) -> None:
+    """The configs' env keywords (the paper's time step, the torso position observed)."""
+    settings = load_config(RLConfig, EXPERIMENTS / f"{config}.yaml").env
+    env_id, kwargs = settings.id, settings.kwargs
+    assert kwargs["exclude_current_positions_from_observation"] is False
     tasks = sample_tasks(env_id, 2)
     actions = random_actions(env_id, 2)
     batched = run_batched(make_batched(env_id, **kwargs), tasks, [3, 4], actions)
-    assert batched["obs"].shape[-1] == 18
     for copy in range(2):
         single = run_single(env_id, tasks[copy], copy + 3, actions[:, copy], **kwargs)
         assert_copy_equals_single(batched, copy, single)

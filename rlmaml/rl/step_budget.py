@@ -20,10 +20,10 @@ reproducible and as backend-independent as a single phase, and round 0 uses ``se
 with episodes that never end early the result equals ``sampler.sample(..., E, seed)``.
 
 Cost: every episode keeps its own row padded to the horizon, so a batch of short episodes
-takes ``H / mean length`` times the memory and loss arithmetic of its steps (on Navigation2D
-the outer step of adapted policies takes about twice as long as with episodes counted). Packing
-several episodes into one row would remove that, at the price of episode boundaries inside
-rows for returns, advantages and the baseline's time features.
+takes ``H / mean length`` times the memory of its steps. Returns, the baseline and GAE run on
+that padded layout (cheap, and they need the episode boundaries); the loss batches the inner
+and outer steps work on are then packed (:meth:`~rlmaml.rl.losses.PolicyBatch.packed`), so the
+policy's forward and backward passes cost the batch's steps, not its rows.
 """
 
 from __future__ import annotations
