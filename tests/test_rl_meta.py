@@ -27,9 +27,18 @@ def _batch(tasks, episodes, horizon, obs_dim, act_dim, seed):
     )
 
 
-def _outer_batch(policy, maml, params, tasks=3):
-    support = _batch(tasks, 4, 6, 2, 2, seed=1)
-    query = _batch(tasks, 4, 6, 2, 2, seed=2)
+def _small_maml(first_order=False):
+    """A seeded 2-D Gaussian policy with two hidden layers of 8, its MAML and its parameters."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, hidden=(8, 8))
+    maml = PolicyMAML(policy, inner_lr=0.1, first_order=first_order)
+    params = {k: v.detach().clone().requires_grad_() for k, v in module_params(policy).items()}
+    return policy, maml, params
+
+
+def _outer_batch(policy, maml, params, support=None, query=None):
+    support = _batch(3, 4, 6, 2, 2, seed=1) if support is None else support
+    query = _batch(3, 4, 6, 2, 2, seed=2) if query is None else query
     with torch.no_grad():
         adapted = maml.adapted(params, (support,))
         behaviour = per_task_distribution(policy, adapted, query.observations).detach()
@@ -73,21 +82,12 @@ def test_a_batch_without_droppable_rows_is_not_repacked():
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_packed_batches_give_the_same_objective_kl_and_fisher_products(first_order):
-    torch.manual_seed(0)
-    policy = GaussianMLPPolicy(2, 2, hidden=(8, 8))
-    maml = PolicyMAML(policy, inner_lr=0.1, first_order=first_order)
-    params = {k: v.detach().clone().requires_grad_() for k, v in module_params(policy).items()}
+    policy, maml, params = _small_maml(first_order)
     lengths = [[6, 1, 2, 0], [3, 3, 0, 0], [6, 5, 0, 1]]
     support = _ragged(_batch(3, 4, 6, 2, 2, seed=1), lengths)
     query = _ragged(_batch(3, 4, 6, 2, 2, seed=2), lengths[::-1])
-
-    def outer(support, query):
-        with torch.no_grad():
-            adapted = maml.adapted(params, (support,))
-            behaviour = per_task_distribution(policy, adapted, query.observations).detach()
-        return OuterBatch((support,), query, behaviour)
-
-    padded, packed = outer(support, query), outer(support.packed(), query.packed())
+    padded = _outer_batch(policy, maml, params, support, query)
+    packed = _outer_batch(policy, maml, params, support.packed(), query.packed())
     assert packed.query.masks.shape[1] < padded.query.masks.shape[1]
     for ours, reference in zip(
         maml.surrogate_and_kl(params, packed), maml.surrogate_and_kl(params, padded), strict=True
@@ -121,10 +121,7 @@ def test_reinforce_gradient_matches_the_analytic_one_on_a_bandit():
 
 @pytest.mark.parametrize("first_order", [False, True])
 def test_fisher_vector_product_equals_the_kl_hessian(first_order):
-    torch.manual_seed(0)
-    policy = GaussianMLPPolicy(2, 2, hidden=(8, 8))
-    maml = PolicyMAML(policy, inner_lr=0.1, first_order=first_order)
-    params = {k: v.detach().clone().requires_grad_() for k, v in module_params(policy).items()}
+    policy, maml, params = _small_maml(first_order)
     batch = _outer_batch(policy, maml, params)
     _, kl = maml.surrogate_and_kl(params, batch)
     grads = torch.autograd.grad(kl, list(params.values()), create_graph=True)
@@ -170,10 +167,7 @@ def test_conjugate_gradient_solves_a_small_spd_system():
 
 
 def test_trpo_step_improves_the_surrogate_within_the_kl_bound():
-    torch.manual_seed(0)
-    policy = GaussianMLPPolicy(2, 2, hidden=(8, 8))
-    maml = PolicyMAML(policy, inner_lr=0.1)
-    params = {k: v.detach().clone().requires_grad_() for k, v in module_params(policy).items()}
+    policy, maml, params = _small_maml()
     batch = _outer_batch(policy, maml, params)
     loss, _ = maml.surrogate_and_kl(params, batch)
     grads = dict(zip(params, torch.autograd.grad(loss, list(params.values())), strict=True))
