@@ -53,6 +53,7 @@ PAPER_CONFIGS = {
     "rlmaml/AntVel-v0": "experiments/ant_vel.yaml",
     "rlmaml/AntDir-v0": "experiments/ant_dir.yaml",
     "rlmaml/AntGoal-v0": "experiments/ant_goal.yaml",
+    "rlmaml/HumanoidDir-v0": "experiments/humanoid_dir.yaml",
 }
 """The paper-settings config of each family, whose meta-iteration the benchmark times."""
 
