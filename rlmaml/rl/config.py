@@ -72,7 +72,7 @@ class RLMetaSettings:
     cg_iters: int = 10
     backtrack_ratio: float = 0.8
     max_backtracks: int = 15
-    fisher_subsample: int = 1  # use every n-th query time step for Fisher-vector products
+    fisher_subsample: int = 1  # Fisher-vector products on every n-th row (episode) per task
     # PPO-clip (ProMP) and Adam
     outer_lr: float = 1e-3
     ppo_clip: float = 0.3

@@ -113,13 +113,14 @@ class PolicyMAML:
         """A function ``v -> F v`` for the Hessian ``F`` of the mean KL at ``params``.
 
         The reverse-mode half (``J^T``) is linearised once and reused for every product.
-        ``subsample`` keeps every ``subsample``-th episode of every task, in the support and
-        the query batches alike: the products then estimate ``F`` from a sample of the data
-        (the losses are means over steps), about ``subsample`` times cheaper. TRPO's line search
-        still checks the exact KL on the full batch, so the trust region is unaffected.
+        ``subsample`` keeps every ``subsample``-th row of every task (an episode, or ``H``
+        consecutive steps of a packed batch), in the support and the query batches alike: the
+        products then estimate ``F`` from a sample of the data (the losses are means over
+        steps), about ``subsample`` times cheaper. TRPO's line search still checks the exact KL
+        on the full batch, so the trust region is unaffected.
         """
         if subsample > 1:
-            batch = _every_nth_episode(batch, subsample)
+            batch = _every_nth_row(batch, subsample)
         masks = batch.query.masks
         weights = masks / (masks.sum(dim=(1, 2), keepdim=True).clamp_min(1.0) * masks.shape[0])
         names = list(params)
@@ -145,7 +146,7 @@ def _weight(values: Tensor, weights: Tensor) -> Tensor:
     return values * weights.reshape(*weights.shape, *([1] * (values.dim() - weights.dim())))
 
 
-def _every_nth_episode(batch: OuterBatch, n: int) -> OuterBatch:
+def _every_nth_row(batch: OuterBatch, n: int) -> OuterBatch:
     def thin(t: Tensor) -> Tensor:
         return t[:, ::n]
 
