@@ -55,7 +55,8 @@ PAPER_CONFIGS = {
     "rlmaml/AntGoal-v0": "experiments/ant_goal.yaml",
     "rlmaml/HumanoidDir-v0": "experiments/humanoid_dir.yaml",
 }
-"""The paper-settings config of each family, whose meta-iteration the benchmark times."""
+"""Each family's config with the paper's locomotion settings, whose meta-iteration the benchmark
+times (HumanoidDir is not in the paper; its config applies the same settings)."""
 
 
 def _raw_worker(env_id: str, env_kwargs: dict, steps: int, seed: int, barrier, results) -> None:
