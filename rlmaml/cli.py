@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -107,6 +108,13 @@ def _parser() -> argparse.ArgumentParser:
         help="override a value of the run's config for this evaluation, e.g. "
         "--set sampler.batch_unit=steps (repeatable)",
     )
+    evaluate.add_argument(
+        "--name",
+        type=_output_name,
+        default="adaptation",
+        help="write RUN_DIR/eval/NAME.json and NAME.png (default: adaptation), so that an "
+        "evaluation with other settings does not replace the main one",
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -148,6 +156,15 @@ def _json_object(text: str) -> dict:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
+
+
+def _output_name(text: str) -> str:
+    """A file-name stem for evaluation outputs: letters, digits, ``-``, ``_`` and ``.``."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a plain file name (letters, digits, '-', '_', '.')"
+        )
+    return text
 
 
 def _require_run_folder(path: Path) -> None:
@@ -245,12 +262,13 @@ def _evaluate(args: argparse.Namespace) -> int:
         "problem": experiment.name,
         "overrides": list(args.overrides),
     }
-    (run.eval / "adaptation.json").write_text(json.dumps(payload, indent=1))
+    output = run.eval / f"{args.name}.json"
+    output.write_text(json.dumps(payload, indent=1))
     figure = plot_adaptation_curve(
         result.steps,
         result.mean,
         result.ci95,
-        run.eval / "adaptation.png",
+        output.with_suffix(".png"),
         reference=experiment.reference,
         ylabel=result.metric,
         title=f"{experiment.name}: {tasks} held-out tasks",
@@ -260,7 +278,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print(f"{which} checkpoint: iteration {checkpoint.step}")
         print(_table(result, experiment.reference))
-        print(f"written: {run.eval / 'adaptation.json'}, {figure}")
+        print(f"written: {output}, {figure}")
     return 0
 
 

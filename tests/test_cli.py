@@ -204,6 +204,25 @@ def test_evaluate_applies_config_overrides(trained_run: Path) -> None:
     assert abs(frozen["mean"][1] - frozen["mean"][0]) < 1e-5 * frozen["mean"][0]
 
 
+def test_evaluate_with_a_name_leaves_the_main_evaluation_alone(trained_run: Path) -> None:
+    common = ("evaluate", trained_run, "--steps", "1", "--tasks", "10")
+    assert rlmaml(*common).returncode == 0
+    main = (trained_run / "eval" / "adaptation.json").read_text()
+    named = rlmaml(*common, "--set", "meta.inner_lr=1e-9", "--name", "frozen")
+    assert named.returncode == 0, named.stderr
+    assert "frozen.json" in named.stdout
+    frozen = json.loads((trained_run / "eval" / "frozen.json").read_text())
+    assert frozen["overrides"] == ["meta.inner_lr=1e-9"]
+    assert (trained_run / "eval" / "frozen.png").is_file()
+    assert (trained_run / "eval" / "adaptation.json").read_text() == main
+
+
+@pytest.mark.parametrize("name", ["../elsewhere", "a/b", ""])
+def test_evaluate_rejects_a_name_that_is_not_a_file_name(trained_run: Path, name: str) -> None:
+    result = rlmaml("evaluate", trained_run, "--name", name)
+    assert_clean_failure(result, "--name", "not a plain file name")
+
+
 def test_ctrl_c_stops_training_with_a_checkpoint_and_no_traceback(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
