@@ -12,21 +12,19 @@ observation switches, action bounds, time limit) and shares its ``MjModel``.
 
 What is batched, and why:
 
-- The simulator runs per copy: one ``MjData`` per copy and, per env step, one
-  ``mj_step(model, data, frame_skip)`` (plus ``mj_rnePostConstraint`` for families that use
-  contact forces), exactly the calls of Gymnasium's ``do_simulation``. That loop is the only
-  Python run per copy and step: about a microsecond next to the tens of microseconds of the
-  simulation itself. ``mujoco.rollout`` would step all copies in one C call, but it starts
-  every call from a state vector without the solver's warm start (``qacc_warmstart``) and
-  returns neither the quantities computed during the last sub-step (``xpos``, ``cfrc_ext``,
-  ...) nor the warning counters, so it could not reproduce the Gymnasium env.
+- The simulator runs per copy, in one of two ways (:mod:`envs.mujoco_copies`): one ``MjData``
+  per copy and one ``mj_step(model, data, frame_skip)`` each (plus ``mj_rnePostConstraint``
+  for families that use contact forces), exactly the calls of Gymnasium's ``do_simulation``;
+  or, where a step depends on the state vector alone (the model's solver warm start disabled,
+  as the HalfCheetah families do by default) and the family reads only ``qpos`` and ``qvel``,
+  all copies as rows of one state array stepped by one ``mujoco.rollout`` call, which gives
+  the same numbers without a Python loop over copies.
 - Everything else is NumPy over all copies at once: after each step the arrays the family
-  needs (``qpos``, ``qvel``, ``cfrc_ext``, ...) and the warning counters are gathered from all
-  ``MjData`` into ``[N, ...]`` arrays by one ``np.concatenate`` each (over views made once per
-  reset), and the observations, reward terms, health checks and instability tests are array
-  expressions over the copy axis. They use the same operations in the same order as the single
-  env (the reward is summed term by term in the single env's order, sums of squares run along
-  one contiguous row per copy, as NumPy sums a single copy's vector), so observations, rewards
+  needs (``qpos``, ``qvel``, ``cfrc_ext``, ...) are gathered into ``[N, ...]`` arrays, and the
+  observations, reward terms, health checks and instability tests are array expressions over
+  the copy axis. They use the same operations in the same order as the single env (the
+  reward is summed term by term in the single env's order, sums of squares run along one
+  contiguous row per copy, as NumPy sums a single copy's vector), so observations, rewards
   and termination flags are bit-identical to the single env's.
 - Resets run per copy too (once per episode, not per step): ``mj_resetData`` and the family's
   reset noise drawn from ``gymnasium.utils.seeding.np_random(seed)``, the generator
@@ -51,6 +49,7 @@ from gymnasium.utils.seeding import np_random
 
 from envs.batched import BatchedEpisodes
 from envs.locomotion import capture_mujoco_warnings
+from envs.mujoco_copies import PerCopyData, RolloutStates
 from envs.protocol import Task
 
 
@@ -117,14 +116,12 @@ class BatchedLocomotion(BatchedEpisodes):
         space = env.action_space
         self._action_low = space.low.astype(np.float64)
         self._action_high = space.high.astype(np.float64)
-        self._datas: list[mujoco.MjData] = []
+        self._copies: PerCopyData | RolloutStates = (
+            RolloutStates(self.model, self._frame_skip)
+            if RolloutStates.applies(self.model, self._fields, self._contact_forces)
+            else PerCopyData(self.model, self._frame_skip, self._fields, self._contact_forces)
+        )
         self._task_values = np.zeros(0)
-        self._arrays: dict[str, np.ndarray] = {}
-        self._flat: dict[str, np.ndarray] = {}
-        self._views: dict[str, list[np.ndarray]] = {}
-        self._ctrls: list[np.ndarray] = []
-        self._warning_views: list[np.ndarray] = []
-        self._warnings_at_reset = np.zeros(0, dtype=np.int64)
         self._positions = np.zeros(0)
         self._observations_buffer = np.zeros((0, env.observation_space.shape[0]))
         self._unstable = np.zeros(0, dtype=bool)
@@ -156,9 +153,15 @@ class BatchedLocomotion(BatchedEpisodes):
         return self._unstable.copy()
 
     @property
-    def datas(self) -> tuple[mujoco.MjData, ...]:
-        """The ``MjData`` of each copy, for inspection (changing one changes that copy)."""
-        return tuple(self._datas[: self.num_envs])
+    def copies(self) -> PerCopyData | RolloutStates:
+        """The simulations of the copies (see :mod:`envs.mujoco_copies`), for inspection:
+        ``copies.datas[i]`` or ``copies.states[i]`` is copy ``i``; changing it changes it."""
+        return self._copies
+
+    @property
+    def _arrays(self) -> dict[str, np.ndarray]:
+        """The gathered :attr:`_fields`, ``[N, *shape]`` each, as of the last reset or step."""
+        return self._copies.arrays
 
     # --- the family's part --------------------------------------------------------------------
 
@@ -228,21 +231,13 @@ class BatchedLocomotion(BatchedEpisodes):
         self._task_values = np.array(
             [self._distribution.parse(task) for task in tasks], dtype=np.float64
         )
-        self._bind(n)
+        self._copies.bind(n)
         self._start_episodes(n)
         self._unstable = np.zeros(n, dtype=bool)
         self.mujoco_warnings = []
-        model = self.model
+        starts = [self._reset_state(np_random(int(seed))[0]) for seed in seeds]
         with capture_mujoco_warnings(self.mujoco_warnings):
-            for data, seed in zip(self._datas[:n], seeds, strict=True):
-                rng, _ = np_random(int(seed))
-                mujoco.mj_resetData(model, data)
-                qpos, qvel = self._reset_state(rng)
-                data.qpos[:] = qpos
-                data.qvel[:] = qvel
-                mujoco.mj_forward(model, data)
-        self._gather()
-        self._warnings_at_reset = self._warning_counts()
+            self._copies.reset(starts)
         self._positions = self._tracked_positions()
         self._observations_buffer = self._observations()
         return self._observations_buffer.copy()
@@ -270,19 +265,18 @@ class BatchedLocomotion(BatchedEpisodes):
         if self.clip_actions:
             actions = np.clip(actions, self._action_low, self._action_high)
         running = ~self._done
-        fatal = self._simulate(actions, running)
-        self._gather()
+        with capture_mujoco_warnings(self.mujoco_warnings):
+            failed = self._copies.step(actions, running, self.mujoco_warnings)
         with np.errstate(all="ignore"):  # unstable copies may hold NaN or huge values
             qpos, qvel = self._arrays["qpos"], self._arrays["qvel"]
             finite_state = np.isfinite(qpos).all(axis=1) & np.isfinite(qvel).all(axis=1)
-            warned = self._warning_counts() != self._warnings_at_reset
             observations = self._observations()
             after = self._tracked_positions()
             reward = np.zeros(self.num_envs)
             for term in self._reward_terms(self._positions, after, actions).values():
                 reward = reward + term
             finite = np.isfinite(reward) & np.isfinite(observations).all(axis=1)
-            stable = running & ~fatal & ~warned & finite_state & finite
+            stable = running & ~failed & finite_state & finite
             terminated = stable & self._task_terminated()
         unstable = running & ~stable
         rewards = np.where(stable, reward, 0.0)
@@ -296,49 +290,3 @@ class BatchedLocomotion(BatchedEpisodes):
             self._terminated.copy(),
             self._truncated.copy(),
         )
-
-    # --- simulation ---------------------------------------------------------------------------
-
-    def _bind(self, n: int) -> None:
-        """Have ``n`` ``MjData`` (reusing earlier ones) and the views and buffers to gather."""
-        while len(self._datas) < n:
-            self._datas.append(mujoco.MjData(self.model))
-        datas = self._datas[:n]
-        self._ctrls = [data.ctrl for data in datas]
-        self._warning_views = [data.warning.number for data in datas]
-        self._views = {name: [getattr(d, name).reshape(-1) for d in datas] for name in self._fields}
-        self._flat = {
-            name: np.empty(sum(v.size for v in self._views[name])) for name in self._fields
-        }
-        self._arrays = {
-            name: self._flat[name].reshape(n, *getattr(datas[0], name).shape)
-            for name in self._fields
-        }
-
-    def _gather(self) -> None:
-        """Copy the :attr:`_fields` of every copy's ``MjData`` into ``self._arrays``."""
-        for name, views in self._views.items():
-            np.concatenate(views, out=self._flat[name])
-
-    def _warning_counts(self) -> np.ndarray:
-        """``[N]``: the MuJoCo warnings each copy has counted (``mj_resetData`` zeroes them)."""
-        counts = np.concatenate(self._warning_views)
-        return counts.reshape(self.num_envs, -1).sum(axis=1, dtype=np.int64)
-
-    def _simulate(self, actions: np.ndarray, running: np.ndarray) -> np.ndarray:
-        """Step the running copies (as Gymnasium's ``do_simulation``); bool ``[N]``: which raised
-        ``mujoco.FatalError``."""
-        fatal = np.zeros(self.num_envs, dtype=bool)
-        model, frame_skip, contact_forces = self.model, self._frame_skip, self._contact_forces
-        datas, ctrls = self._datas, self._ctrls
-        with capture_mujoco_warnings(self.mujoco_warnings):
-            for i in np.flatnonzero(running).tolist():
-                ctrls[i][:] = actions[i]
-                try:
-                    mujoco.mj_step(model, datas[i], frame_skip)
-                    if contact_forces:
-                        mujoco.mj_rnePostConstraint(model, datas[i])
-                except mujoco.FatalError as error:
-                    self.mujoco_warnings.append(f"copy {i}: mujoco.FatalError: {error}")
-                    fatal[i] = True
-        return fatal

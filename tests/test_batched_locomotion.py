@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gymnasium
@@ -22,6 +23,7 @@ from envs import batched_env_for, require_task_family  # noqa: E402
 from envs.ant import BatchedAnt, BatchedAntGoal  # noqa: E402
 from envs.cheetah import BatchedHalfCheetah  # noqa: E402
 from envs.humanoid import BatchedHumanoidDir  # noqa: E402
+from envs.mujoco_copies import PerCopyData, RolloutStates  # noqa: E402
 from rlmaml.rl.config import RLConfig  # noqa: E402
 from rlmaml.runs import load_config  # noqa: E402
 
@@ -37,6 +39,14 @@ BATCHED = {
 }
 HORIZON = 40
 """A short time limit, so that the long-running copies are truncated within the test."""
+
+CASES = [pytest.param(env_id, {}, id=env_id.split("/")[1]) for env_id in BATCHED] + [
+    pytest.param(env_id, {"solver_warmstart": True}, id=f"{env_id.split('/')[1]}-warmstart")
+    for env_id in BATCHED
+    if "Cheetah" in env_id
+]
+"""Every family with its defaults (the cheetah's twin then steps all copies with one
+``mujoco.rollout`` call), and the cheetah with v5's warm-started solver (copy by copy)."""
 
 
 def sample_tasks(env_id: str, n: int, seed: int = 0) -> list[dict]:
@@ -58,8 +68,17 @@ def random_actions(env_id: str, n: int, scale: float = 1.5, seed: int = 0) -> np
     return actions.astype(np.float32)
 
 
-Hook = Callable[[int, Any], None]
-"""Called before step ``t`` with ``(t, MjData)`` of the copy (or env) it may corrupt."""
+Hook = Callable[[int, np.ndarray], None]
+"""Called before step ``t`` with ``(t, qvel)``: the velocities of the copy (or env) it may
+corrupt, a writable view into that copy's simulation state."""
+
+
+def copy_velocities(batched: Any, copy: int) -> np.ndarray:
+    """The writable ``qvel`` of one copy, whichever way the twin simulates its copies."""
+    copies = batched.copies
+    if isinstance(copies, RolloutStates):
+        return copies.arrays["qvel"][copy]
+    return copies.datas[copy].qvel
 
 
 def run_batched(
@@ -75,7 +94,7 @@ def run_batched(
     record.update(reward=[], terminated=[], truncated=[])
     while (t := batched.elapsed_steps) < batched.horizon:
         if hook is not None:
-            hook[1](t, batched.datas[hook[0]])
+            hook[1](t, copy_velocities(batched, hook[0]))
         record["active"].append(batched.active)
         obs, reward, terminated, truncated = batched.step(actions[t])
         record["obs"].append(obs)
@@ -102,7 +121,7 @@ def run_single(
     record.update(truncated=[], info=[])
     for t, action in enumerate(actions):
         if hook is not None:
-            hook(t, env.unwrapped.data)
+            hook(t, env.unwrapped.data.qvel)
         observation, reward, terminated, truncated, info = env.step(action)
         record["obs"].append(observation)
         record["reward"].append(reward)
@@ -134,16 +153,16 @@ def assert_copy_equals_single(batched: dict, copy: int, single: dict) -> None:
     np.testing.assert_array_equal(batched["truncated"][length:, copy], single["truncated"][-1])
 
 
-@pytest.mark.parametrize("env_id", list(BATCHED))
-def test_every_copy_reproduces_the_gymnasium_env_exactly(env_id: str) -> None:
+@pytest.mark.parametrize(("env_id", "kwargs"), CASES)
+def test_every_copy_reproduces_the_gymnasium_env_exactly(env_id: str, kwargs: dict) -> None:
     tasks = sample_tasks(env_id, 3)
     copies = [tasks[0], tasks[1], tasks[2], tasks[0], tasks[1]]  # repeated tasks, other seeds
     seeds = [7, 8, 9, 10, 2**32 - 1]
     actions = random_actions(env_id, len(copies))
-    batched = run_batched(make_batched(env_id), copies, seeds, actions)
+    batched = run_batched(make_batched(env_id, **kwargs), copies, seeds, actions)
     lengths = []
     for copy, (task, seed) in enumerate(zip(copies, seeds, strict=True)):
-        single = run_single(env_id, task, seed, actions[:, copy])
+        single = run_single(env_id, task, seed, actions[:, copy], **kwargs)
         assert_copy_equals_single(batched, copy, single)
         lengths.append(len(single["reward"]))
     # The reset noise differs between seeds, so every copy starts elsewhere.
@@ -153,6 +172,20 @@ def test_every_copy_reproduces_the_gymnasium_env_exactly(env_id: str) -> None:
     else:  # some episodes end early, others run into the time limit (or all fall, humanoid)
         assert min(lengths) < HORIZON
         assert "Humanoid" in env_id or max(lengths) == HORIZON
+
+
+def test_copies_are_stepped_by_one_rollout_call_only_where_a_step_depends_on_the_state_alone() -> (
+    None
+):
+    cheetah = make_batched("rlmaml/HalfCheetahVel-v0")
+    assert isinstance(cheetah.copies, RolloutStates)
+    assert cheetah.model.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_WARMSTART
+    warm = make_batched("rlmaml/HalfCheetahVel-v0", solver_warmstart=True)
+    assert isinstance(warm.copies, PerCopyData)
+    with pytest.raises(ValueError, match="warm start"):
+        RolloutStates(warm.model, frame_skip=1)
+    # The ant reads contact forces and positions computed inside the step: copy by copy.
+    assert isinstance(make_batched("rlmaml/AntVel-v0").copies, PerCopyData)
 
 
 def test_resets_reuse_the_copies_for_any_count_and_do_not_depend_on_the_past() -> None:
@@ -212,42 +245,61 @@ WHEN = 4
 """The step at which the simulation of the victim copy is made unstable."""
 
 
-def corrupt_qvel_nan(t: int, data: Any) -> None:
+def corrupt_qvel_nan(t: int, qvel: np.ndarray) -> None:
     if t == WHEN:
-        data.qvel[:] = np.nan
+        qvel[:] = np.nan
 
 
-def corrupt_qvel_huge(t: int, data: Any) -> None:
+def corrupt_qvel_huge(t: int, qvel: np.ndarray) -> None:
     if t == WHEN:
-        data.qvel[:] = 1e12
+        qvel[:] = 1e12
+
+
+DOOMED = 0.123456789
+"""A first joint velocity that makes the patched simulator raise ``mujoco.FatalError``."""
 
 
 def fatal_error_in(monkeypatch: pytest.MonkeyPatch) -> Hook:
-    """A hook after which ``mujoco.mj_step`` raises ``FatalError`` for the data it was given."""
-    failing: list[Any] = []
+    """A hook after which stepping the copy raises ``FatalError``, as an arena overflow would:
+    ``mujoco.mj_step`` raises for a state whose first velocity is :data:`DOOMED`, and so does
+    a ``mujoco.rollout`` call whose batch holds such a state (rollout runs in C, so it is
+    patched as a whole; the twin then replays the step copy by copy with ``mj_step``)."""
     real_step = mujoco.mj_step
+    real_rollout = RolloutStates.__init__
 
     def mj_step(model: Any, data: Any, nstep: int = 1) -> None:
-        if any(data is target for target in failing):
+        if data.qvel[0] == DOOMED:
             raise mujoco.FatalError("simulated arena overflow")
         real_step(model, data, nstep)
 
-    monkeypatch.setattr(mujoco, "mj_step", mj_step)
+    def init_with_failing_rollout(self: RolloutStates, model: Any, frame_skip: int) -> None:
+        real_rollout(self, model, frame_skip)
+        rollout = self._rollout.rollout
 
-    def hook(t: int, data: Any) -> None:
+        def failing(models, datas, start, *args, **kwargs):  # noqa: ANN001, ANN202
+            if (start[:, 1 + model.nq] == DOOMED).any():
+                raise mujoco.FatalError("simulated arena overflow")
+            return rollout(models, datas, start, *args, **kwargs)
+
+        self._rollout = SimpleNamespace(rollout=failing)
+
+    monkeypatch.setattr(mujoco, "mj_step", mj_step)
+    monkeypatch.setattr(RolloutStates, "__init__", init_with_failing_rollout)
+
+    def hook(t: int, qvel: np.ndarray) -> None:
         if t == WHEN:
-            failing.append(data)
+            qvel[0] = DOOMED
 
     return hook
 
 
-@pytest.mark.parametrize("env_id", list(BATCHED))
+@pytest.mark.parametrize(("env_id", "kwargs"), CASES)
 @pytest.mark.parametrize(
     ("kind", "message"),
     [("qvel_nan", "QVEL"), ("qvel_huge", "Q"), ("nan_action", "CTRL"), ("fatal", "FatalError")],
 )
 def test_an_unstable_copy_ends_cleanly_as_the_single_env_does(
-    env_id: str, kind: str, message: str, tmp_path, monkeypatch: pytest.MonkeyPatch
+    env_id: str, kwargs: dict, kind: str, message: str, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)  # MuJoCo's default handler would write MUJOCO_LOG.TXT here
     tasks = sample_tasks(env_id, 3)
@@ -260,13 +312,18 @@ def test_an_unstable_copy_ends_cleanly_as_the_single_env_does(
     if kind == "fatal":
         hooks["fatal"] = fatal_error_in(monkeypatch)
     hook = hooks.get(kind)
-    batched = make_batched(env_id)
+    batched = make_batched(env_id, **kwargs)
     record = run_batched(batched, tasks, seeds, actions, None if hook is None else (victim, hook))
     np.testing.assert_array_equal(batched.unstable, [False, True, False])
     assert any(message in text for text in batched.mujoco_warnings), batched.mujoco_warnings
     for copy in range(3):
         single = run_single(
-            env_id, tasks[copy], seeds[copy], actions[:, copy], hook if copy == victim else None
+            env_id,
+            tasks[copy],
+            seeds[copy],
+            actions[:, copy],
+            hook if copy == victim else None,
+            **kwargs,
         )
         assert_copy_equals_single(record, copy, single)
         unstable = [info["unstable"] for info in single["info"]]

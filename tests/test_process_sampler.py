@@ -301,3 +301,18 @@ def test_garbage_collection_and_interpreter_exit_stop_the_workers() -> None:
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
     )
     assert not is_running(int(done.stdout))
+
+
+def test_workers_start_with_passive_openmp_waiting_unless_the_user_chose(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rlmaml.rl.process_sampler import _worker_environment
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    with _worker_environment():
+        assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "OMP_WAIT_POLICY" not in os.environ
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with _worker_environment():
+        assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

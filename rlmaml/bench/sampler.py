@@ -3,17 +3,20 @@
 One run measures, in environment steps per second (one env step = ``frame_skip`` simulator
 steps):
 
-- ``raw``: ``mujoco.mj_step`` on a copy of the env's own model and data, with uniform random
-  controls drawn before timing, no policy and no Python env wrapper; one spawned process per
-  core, each stepping its own ``MjData`` for a fixed number of env steps (reset every episode
-  length), all starting together; the rate is all their steps over the slowest one's time;
+- ``raw``: the env's own model stepped by ``mujoco.rollout`` (MuJoCo's C loop: no policy, no
+  Python at all per step) from its reset state under uniform random controls drawn before
+  timing, one episode length per trajectory; one spawned process per core, each stepping a
+  fixed number of env steps, all starting together; the rate is all their steps over the
+  slowest one's time. ``raw_python_loop`` is the same with a Python loop of ``mj_step`` calls
+  on one ``MjData`` instead (the reference of this benchmark's earlier versions; the Python
+  call per step costs about a microsecond, a fifth of a HalfCheetah step);
 - each sampler backend (``VectorizedSampler`` in-process, ``ProcessSampler`` with one worker
   per core) collecting one sampling phase of the paper's locomotion settings (40 tasks x 20
   episodes of the env's horizon) with the paper's 2x100 Gaussian policy, one parameter set
   shared by all tasks (pre-update sampling). The phase size matters: the policy call and the
   process hops cost per time step, whatever the number of copies, so small phases understate
   what a run sees (8 tasks x 5 episodes gave AntVel 0.62 of the raw rate, this phase 0.81);
-- ``ratio``: the best backend's rate over the raw rate, i.e. the share of the simulator's
+- ``ratio``: the best backend's rate over the raw (C loop) rate, i.e. the share of the simulator's
   throughput that survives the policy, the environment's own Python (for the locomotion
   families, their natively batched twins: ``mj_rnePostConstraint``, observations, rewards and
   checks in NumPy; see :mod:`envs.batched_locomotion`) and the process hops.
@@ -59,13 +62,21 @@ PAPER_CONFIGS = {
 times (HumanoidDir is not in the paper; its config applies the same settings)."""
 
 
-def _raw_worker(env_id: str, env_kwargs: dict, steps: int, seed: int, barrier, results) -> None:
-    """Step a copy of the env's MuJoCo data ``steps`` env steps; put (steps, seconds)."""
+def _raw_worker(
+    env_id: str, env_kwargs: dict, steps: int, seed: int, in_c: bool, barrier, results
+) -> None:
+    """Step the env's MuJoCo model ``steps`` env steps from its reset state, one episode
+    length at a time, under uniform random controls; put (steps, seconds).
+
+    ``in_c``: all episodes in one ``mujoco.rollout`` call (a C loop, no Python per step);
+    otherwise a Python loop of ``mj_step`` calls on one ``MjData``."""
     import gymnasium
     import mujoco
     import numpy as np
+    from mujoco import rollout
 
     import envs  # noqa: F401  (registers the rlmaml/ ids)
+    from envs.mujoco_copies import FULL_PHYSICS
 
     env = gymnasium.make(env_id, **env_kwargs)
     model = env.unwrapped.model
@@ -73,26 +84,44 @@ def _raw_worker(env_id: str, env_kwargs: dict, steps: int, seed: int, barrier, r
     horizon = env.spec.max_episode_steps or 200
     data = mujoco.MjData(model)
     low, high = model.actuator_ctrlrange.T
-    controls = np.random.default_rng(seed).uniform(low, high, size=(steps, model.nu))
-    barrier.wait()
-    start = time.perf_counter()
-    for t in range(steps):
-        if t % horizon == 0:
+    episodes = -(-steps // horizon)
+    steps = episodes * horizon
+    controls = np.random.default_rng(seed).uniform(low, high, size=(episodes, horizon, model.nu))
+    if in_c:
+        start_state = np.empty((episodes, mujoco.mj_stateSize(model, FULL_PHYSICS)))
+        mujoco.mj_getState(model, data, start_state[0], FULL_PHYSICS)
+        start_state[1:] = start_state[0]
+        per_substep = np.repeat(controls, frame_skip, axis=1)
+        states = np.empty((episodes, horizon * frame_skip, start_state.shape[1]))
+        with rollout.Rollout(nthread=0) as runner:
+            barrier.wait()
+            start = time.perf_counter()
+            runner.rollout(model, data, start_state, per_substep, state=states)
+            seconds = time.perf_counter() - start
+    else:
+        barrier.wait()
+        start = time.perf_counter()
+        for episode in controls:
             mujoco.mj_resetData(model, data)
-        data.ctrl[:] = controls[t]
-        mujoco.mj_step(model, data, nstep=frame_skip)
-    results.put((steps, time.perf_counter() - start))
+            for control in episode:
+                data.ctrl[:] = control
+                mujoco.mj_step(model, data, nstep=frame_skip)
+        seconds = time.perf_counter() - start
+    results.put((steps, seconds))
     env.close()
 
 
-def raw_rate(env_id: str, env_kwargs: dict, processes: int, steps: int = RAW_STEPS) -> float:
-    """Env steps/s of ``processes`` concurrent raw-stepping processes together."""
+def raw_rate(
+    env_id: str, env_kwargs: dict, processes: int, in_c: bool = True, steps: int = RAW_STEPS
+) -> float:
+    """Env steps/s of ``processes`` concurrent raw-stepping processes together (``in_c``: each
+    steps in one ``mujoco.rollout`` call, else in a Python loop of ``mj_step``)."""
     context = get_context("spawn")
     barrier = context.Barrier(processes)
     results = context.Queue()
     workers = [
         context.Process(
-            target=_raw_worker, args=(env_id, env_kwargs, steps, seed, barrier, results)
+            target=_raw_worker, args=(env_id, env_kwargs, steps, seed, in_c, barrier, results)
         )
         for seed in range(processes)
     ]
@@ -182,6 +211,9 @@ def run(
     env_kwargs = dict(env_kwargs or {})
     cores = os.cpu_count() or 1
     raw = statistics.median(raw_rate(env_id, env_kwargs, cores) for _ in range(max(repeats, 1)))
+    raw_python = statistics.median(
+        raw_rate(env_id, env_kwargs, cores, in_c=False) for _ in range(max(repeats, 1))
+    )
     backends = backend_rates(env_id, env_kwargs, cores, repeats)
     config_path = config_path or PAPER_CONFIGS.get(env_id)
     iteration = None if config_path is None else iteration_seconds(config_path, iteration_repeats)
@@ -193,6 +225,7 @@ def run(
         "phase": f"{TASKS} tasks x {EPISODES} episodes",
         "repeats": repeats,
         "raw_steps_per_s": raw,
+        "raw_python_loop_steps_per_s": raw_python,
         "backends": backends,
         "ratio": max(backends.values()) / raw,
         "iteration_config": config_path,
@@ -216,7 +249,8 @@ def main(
         f"{env_id} {results['env_kwargs'] or ''}: env steps/s on {results['cores']} cores, "
         f"{results['phase']}, median of {repeats}"
     )
-    print(f"  {'raw mj_step':<12} {results['raw_steps_per_s']:>12,.0f}")
+    print(f"  {'raw (C loop)':<12} {results['raw_steps_per_s']:>12,.0f}")
+    print(f"  {'raw (Python)':<12} {results['raw_python_loop_steps_per_s']:>12,.0f}")
     for name, rate in results["backends"].items():
         print(f"  {name:<12} {rate:>12,.0f}")
     print(f"  best backend / raw: {results['ratio']:.3f}")

@@ -179,6 +179,27 @@ def _single_threaded_torch() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def _worker_environment() -> Iterator[None]:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` for a worker started inside the block, unless the user
+    set a policy; the parent's environment is restored afterwards.
+
+    A ``spawn``-ed worker reads its environment when it starts. OpenMP threads that busy-wait
+    after a parallel region take cycles from the other workers on a machine with one worker per
+    core: passive waiting made a HalfCheetah phase (40 tasks x 20 episodes, 2 workers on 2
+    cores) about 10% faster (0.56 s -> 0.51 s). A ``forkserver`` worker inherits the fork
+    server's environment instead, which this does not change.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        yield
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        yield
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
 def _task_slice(tensor: Tensor, start: int, stop: int) -> Tensor:
     """A compact CPU copy of tasks ``[start, stop)`` of a stacked parameter tensor.
 
@@ -382,7 +403,8 @@ class ProcessSampler(Sampler):
                 name=f"ProcessSampler-worker-{slot}",
                 daemon=True,
             )
-            process.start()
+            with _worker_environment():
+                process.start()
             # Only the child may hold its end, so the parent sees EOF if the child dies.
             child_conn.close()
             self._workers[slot] = _Worker(process, parent_conn)
