@@ -89,8 +89,9 @@ def batched_env_for(env_id: str) -> type[BatchedTaskFamily] | None:
     """The natively batched implementation of ``env_id``, or None if it has none.
 
     Samplers use this to step all copies of a family together (one NumPy call a step for
-    Navigation2D; for the MuJoCo families, one simulator call per copy and NumPy for the rest)
-    when they can, and fall back to a pool of Gymnasium envs otherwise.
+    Navigation2D; for the MuJoCo families, one ``mujoco.rollout`` call or one simulator call per
+    copy, and NumPy for the rest) when they can, and fall back to a pool of Gymnasium envs
+    otherwise.
 
     Args:
         env_id: a registered Gymnasium id (``rlmaml/`` or any other).

@@ -12,7 +12,7 @@ observation switches, action bounds, time limit) and shares its ``MjModel``.
 
 What is batched, and why:
 
-- The simulator runs per copy, in one of two ways (:mod:`envs.mujoco_copies`): one ``MjData``
+- The simulator runs in one of two ways (:mod:`envs.mujoco_copies`): one ``MjData``
   per copy and one ``mj_step(model, data, frame_skip)`` each (plus ``mj_rnePostConstraint``
   for families that use contact forces), exactly the calls of Gymnasium's ``do_simulation``;
   or, where a step depends on the state vector alone (the model's solver warm start disabled,

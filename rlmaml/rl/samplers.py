@@ -148,8 +148,9 @@ def _space_sizes(env: gymnasium.Env) -> tuple[int, int]:
 class _NativeBatchedEnvs:
     """All ``T * E`` copies of a natively batched family, stepped together.
 
-    Navigation2D steps in one NumPy call; the MuJoCo locomotion families run one simulator call
-    per copy and everything else in NumPy (see :mod:`envs.batched_locomotion`). Either way no
+    Navigation2D steps in one NumPy call; the MuJoCo locomotion families run the simulator
+    for all copies in one ``mujoco.rollout`` call or one call per copy, and everything else
+    in NumPy (see :mod:`envs.batched_locomotion`). Either way no
     Gymnasium env, wrapper or ``info`` dict is involved per step.
 
     Args:
