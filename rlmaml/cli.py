@@ -305,10 +305,14 @@ def _table(result: AdaptationResult, reference: dict[str, tuple[list[int], list[
         for steps, values in reference.values()
         for step, value in zip(steps, values, strict=True)
     }
-    lines = [f"{'steps':>5}  {result.metric + ' (95% CI)':>24}  {'paper':>7}"]
-    for step, mean, ci in zip(result.steps, result.mean, result.ci95, strict=True):
+    header = f"{'steps':>5}  {result.metric + ' (95% CI)':>24}  {'paper':>7}"
+    lines = [f"{header}  {'change from 0 steps, paired (95% CI)':>36}"]
+    for step, mean, ci, change, change_ci in zip(
+        result.steps, result.mean, result.ci95, result.change, result.change_ci95, strict=True
+    ):
         ref = f"{paper[step]:7.2f}" if step in paper else f"{'':>7}"
-        lines.append(f"{step:>5}  {mean:14.4f} ± {ci:<7.4f}  {ref}")
+        paired = f"{change:+14.4f} ± {change_ci:<7.4f}" if step else ""
+        lines.append(f"{step:>5}  {mean:14.4f} ± {ci:<7.4f}  {ref}  {paired:>36}")
     lines.append(f"({result.n_tasks} held-out tasks)")
     return "\n".join(lines)
 

@@ -417,3 +417,21 @@ def test_run_dir_layout(tmp_path: Path) -> None:
     save_checkpoint(run.checkpoints, 1, {"x": torch.zeros(1)}, {})
     assert RunDir.new("x", base=tmp_path).path == tmp_path / "x"
     assert RunDir(run.path).exists_with_checkpoint()
+
+
+def test_the_paired_change_from_step_0_removes_the_spread_between_tasks() -> None:
+    from rlmaml.runs.evaluation import summarise
+
+    # Tasks of very different difficulty (offsets 0, 100, 200), each gaining 2 then 3 +- 0.5.
+    per_task = torch.tensor([[0.0, 2.5, 3.0], [100.0, 101.5, 103.5], [200.0, 202.0, 202.5]])
+    result = summarise("average return", per_task)
+    assert result.mean == pytest.approx([100.0, 102.0, 103.0])
+    assert result.change == pytest.approx([0.0, 2.0, 3.0])
+    differences = per_task - per_task[:, :1]
+    expected_ci = 1.96 * differences.double().std(0) / math.sqrt(3)
+    assert result.change_ci95 == pytest.approx(expected_ci.tolist())
+    assert result.change_ci95[0] == 0.0
+    # The means' intervals carry the spread of the offsets (about 113); the change's do not.
+    assert min(result.ci95) > 100 > 1 > max(result.change_ci95)
+    assert result.per_task == per_task.tolist()
+    assert json.loads(json.dumps(result.as_dict()))["change"] == result.change

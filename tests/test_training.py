@@ -31,7 +31,7 @@ from rlmaml.supervised.experiment import SupervisedExperiment
 from rlmaml.supervised.problems import Problem, build_problem
 
 QUICK = Path(__file__).resolve().parents[1] / "experiments" / "sinusoid_quick.yaml"
-RESULT_KEYS = {"metric", "steps", "mean", "ci95", "n_tasks"}
+RESULT_KEYS = {"metric", "steps", "mean", "ci95", "n_tasks", "change", "change_ci95", "per_task"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
