@@ -36,6 +36,17 @@ FULL_PHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 """The state ``mujoco.rollout`` reads and writes: time, ``qpos``, ``qvel``, ``act``, ..."""
 
 
+def put_at_reset_state(
+    model: mujoco.MjModel, data: mujoco.MjData, qpos: np.ndarray, qvel: np.ndarray
+) -> None:
+    """Reset ``data`` and put it at ``(qpos, qvel)``, as a v5 env's ``reset`` does
+    (``mj_resetData``, then ``set_state``, which runs ``mj_forward``)."""
+    mujoco.mj_resetData(model, data)
+    data.qpos[:] = qpos
+    data.qvel[:] = qvel
+    mujoco.mj_forward(model, data)
+
+
 def warm_start_disabled(model: mujoco.MjModel) -> bool:
     """Whether ``model``'s constraint solver starts every step cold (no ``qacc_warmstart``)."""
     return bool(model.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_WARMSTART)
@@ -88,12 +99,8 @@ class PerCopyData:
     def reset(self, states: Sequence[tuple[np.ndarray, np.ndarray]]) -> None:
         """Put copy ``i`` at ``states[i] = (qpos, qvel)`` as the single env's ``set_state``
         does after ``mj_resetData``, and gather."""
-        model = self.model
         for data, (qpos, qvel) in zip(self.datas[: self._num], states, strict=True):
-            mujoco.mj_resetData(model, data)
-            data.qpos[:] = qpos
-            data.qvel[:] = qvel
-            mujoco.mj_forward(model, data)
+            put_at_reset_state(self.model, data, qpos, qvel)
         self._gather()
         self._warnings_at_reset = self._warning_counts()
 
@@ -168,10 +175,7 @@ class RolloutStates:
         does after ``mj_resetData``."""
         model, data = self.model, self._scratch
         for row, (qpos, qvel) in zip(self.states, states, strict=True):
-            mujoco.mj_resetData(model, data)
-            data.qpos[:] = qpos
-            data.qvel[:] = qvel
-            mujoco.mj_forward(model, data)
+            put_at_reset_state(model, data, qpos, qvel)
             mujoco.mj_getState(model, data, row, FULL_PHYSICS)
 
     def step(self, actions: np.ndarray, running: np.ndarray, messages: list[str]) -> np.ndarray:
@@ -223,4 +227,5 @@ class RolloutStates:
                 failed[i] = True
             failed[i] |= bool(data.warning.number.any())
             mujoco.mj_getState(model, data, self.states[i], FULL_PHYSICS)
+        data.warning.number[:] = 0  # a later rollout call starts from a clean scratch
         return failed
