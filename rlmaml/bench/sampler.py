@@ -15,11 +15,12 @@ steps):
   episodes of the env's horizon) with the paper's 2x100 Gaussian policy, one parameter set
   shared by all tasks (pre-update sampling). The phase size matters: the policy call and the
   process hops cost per time step, whatever the number of copies, so small phases understate
-  what a run sees (8 tasks x 5 episodes gave AntVel 0.62 of the raw rate, this phase 0.81);
-- ``ratio``: the best backend's rate over the raw (C loop) rate, i.e. the share of the simulator's
-  throughput that survives the policy, the environment's own Python (for the locomotion
-  families, their natively batched twins: ``mj_rnePostConstraint``, observations, rewards and
-  checks in NumPy; see :mod:`envs.batched_locomotion`) and the process hops.
+  what a run sees (8 tasks x 5 episodes gave AntVel 0.62 of the Python-loop raw rate, this
+  phase 0.81);
+- ``ratio``: the best backend's rate over the raw (C loop) rate, i.e. the share of the
+  simulator's throughput that survives the policy, the environment's own Python (for the
+  locomotion families, their natively batched twins: ``mj_rnePostConstraint``, observations,
+  rewards and checks in NumPy; see :mod:`envs.batched_locomotion`) and the process hops.
 
 Both backends step the natively batched twin, as training does. On a machine shared with other
 work every rate drops and moves between runs, the raw one included (it needs every core at
