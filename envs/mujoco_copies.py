@@ -32,6 +32,8 @@ import mujoco
 import numpy as np
 from mujoco import rollout
 
+from envs.locomotion import capture_mujoco_warnings
+
 FULL_PHYSICS = mujoco.mjtState.mjSTATE_FULLPHYSICS.value
 """The state ``mujoco.rollout`` reads and writes: time, ``qpos``, ``qvel``, ``act``, ..."""
 
@@ -180,7 +182,8 @@ class RolloutStates:
 
     def step(self, actions: np.ndarray, running: np.ndarray, messages: list[str]) -> np.ndarray:
         """Step the running copies under ``actions``; bool ``[N]``: which copies failed (a MuJoCo
-        warning during the step, or a ``mujoco.FatalError``, noted in ``messages``)."""
+        warning during the step, or a ``mujoco.FatalError``). MuJoCo's messages during the step
+        are appended to ``messages``."""
         rows = np.flatnonzero(running)
         if len(rows) == 0:
             return np.zeros(len(self.states), dtype=bool)
@@ -191,15 +194,16 @@ class RolloutStates:
         end = np.empty((len(rows), self._frame_skip, self._state_size))
         heard = len(messages)
         try:
-            self._rollout.rollout(
-                [self.model] * len(rows),
-                [self._scratch],
-                start,
-                controls,
-                state=end,
-                nstep=self._frame_skip,
-                skip_checks=True,
-            )
+            with capture_mujoco_warnings(messages):  # a new message means some row warned
+                self._rollout.rollout(
+                    [self.model] * len(rows),
+                    [self._scratch],
+                    start,
+                    controls,
+                    state=end,
+                    nstep=self._frame_skip,
+                    skip_checks=True,
+                )
             clean = len(messages) == heard and bool(np.isfinite(end[:, -1]).all())
         except mujoco.FatalError:
             clean = False
@@ -207,7 +211,8 @@ class RolloutStates:
             self.states[rows] = end[:, -1]
             return np.zeros(len(self.states), dtype=bool)
         del messages[heard:]  # the replay reports them again, per copy
-        return self._replay(rows, start, actions, messages)
+        with capture_mujoco_warnings(messages):
+            return self._replay(rows, start, actions, messages)
 
     def _replay(
         self, rows: np.ndarray, start: np.ndarray, actions: np.ndarray, messages: list[str]
