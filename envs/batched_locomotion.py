@@ -265,8 +265,7 @@ class BatchedLocomotion(BatchedEpisodes):
         if self.clip_actions:
             actions = np.clip(actions, self._action_low, self._action_high)
         running = ~self._done
-        with capture_mujoco_warnings(self.mujoco_warnings):
-            failed = self._copies.step(actions, running, self.mujoco_warnings)
+        failed = self._copies.step(actions, running, self.mujoco_warnings)
         with np.errstate(all="ignore"):  # unstable copies may hold NaN or huge values
             qpos, qvel = self._arrays["qpos"], self._arrays["qvel"]
             finite_state = np.isfinite(qpos).all(axis=1) & np.isfinite(qvel).all(axis=1)

@@ -49,6 +49,27 @@ def put_at_reset_state(
     mujoco.mj_forward(model, data)
 
 
+def step_copy(
+    model: mujoco.MjModel,
+    data: mujoco.MjData,
+    frame_skip: int,
+    contact_forces: bool,
+    copy: int,
+    messages: list[str],
+) -> bool:
+    """Gymnasium's ``do_simulation`` for one copy (``data.ctrl`` already set): ``mj_step``, then
+    ``mj_rnePostConstraint`` if ``contact_forces``. Returns whether MuJoCo raised
+    ``FatalError``, which is noted in ``messages`` under the copy's index."""
+    try:
+        mujoco.mj_step(model, data, frame_skip)
+        if contact_forces:
+            mujoco.mj_rnePostConstraint(model, data)
+    except mujoco.FatalError as error:
+        messages.append(f"copy {copy}: mujoco.FatalError: {error}")
+        return True
+    return False
+
+
 def warm_start_disabled(model: mujoco.MjModel) -> bool:
     """Whether ``model``'s constraint solver starts every step cold (no ``qacc_warmstart``)."""
     return bool(model.opt.disableflags & mujoco.mjtDisableBit.mjDSBL_WARMSTART)
@@ -108,19 +129,15 @@ class PerCopyData:
 
     def step(self, actions: np.ndarray, running: np.ndarray, messages: list[str]) -> np.ndarray:
         """Step the running copies under ``actions``; bool ``[N]``: which copies failed (a MuJoCo
-        warning counted since the reset, or a ``mujoco.FatalError``, noted in ``messages``)."""
+        warning counted since the reset, or a ``mujoco.FatalError``). MuJoCo's messages during
+        the step are appended to ``messages``."""
         fatal = np.zeros(self._num, dtype=bool)
         model, frame_skip, contact_forces = self.model, self._frame_skip, self._contact_forces
         datas, ctrls = self.datas, self._ctrls
-        for i in np.flatnonzero(running).tolist():
-            ctrls[i][:] = actions[i]
-            try:
-                mujoco.mj_step(model, datas[i], frame_skip)
-                if contact_forces:
-                    mujoco.mj_rnePostConstraint(model, datas[i])
-            except mujoco.FatalError as error:
-                messages.append(f"copy {i}: mujoco.FatalError: {error}")
-                fatal[i] = True
+        with capture_mujoco_warnings(messages):
+            for i in np.flatnonzero(running).tolist():
+                ctrls[i][:] = actions[i]
+                fatal[i] = step_copy(model, datas[i], frame_skip, contact_forces, i, messages)
         self._gather()
         return fatal | (self._warning_counts() != self._warnings_at_reset)
 
@@ -184,26 +201,29 @@ class RolloutStates:
         """Step the running copies under ``actions``; bool ``[N]``: which copies failed (a MuJoCo
         warning during the step, or a ``mujoco.FatalError``). MuJoCo's messages during the step
         are appended to ``messages``."""
-        rows = np.flatnonzero(running)
+        with capture_mujoco_warnings(messages):  # a new message means some row warned
+            return self._step(actions, np.flatnonzero(running), messages)
+
+    def _step(self, actions: np.ndarray, rows: np.ndarray, messages: list[str]) -> np.ndarray:
+        """:meth:`step` for the running ``rows``, with MuJoCo's messages going to ``messages``."""
         if len(rows) == 0:
             return np.zeros(len(self.states), dtype=bool)
-        start = np.ascontiguousarray(self.states[rows])
+        start = self.states[rows]  # a contiguous copy
         controls = np.ascontiguousarray(
             np.repeat(actions[rows, None, :], self._frame_skip, axis=1), dtype=np.float64
         )
         end = np.empty((len(rows), self._frame_skip, self._state_size))
         heard = len(messages)
         try:
-            with capture_mujoco_warnings(messages):  # a new message means some row warned
-                self._rollout.rollout(
-                    [self.model] * len(rows),
-                    [self._scratch],
-                    start,
-                    controls,
-                    state=end,
-                    nstep=self._frame_skip,
-                    skip_checks=True,
-                )
+            self._rollout.rollout(
+                [self.model] * len(rows),
+                [self._scratch],
+                start,
+                controls,
+                state=end,
+                nstep=self._frame_skip,
+                skip_checks=True,
+            )
             clean = len(messages) == heard and bool(np.isfinite(end[:, -1]).all())
         except mujoco.FatalError:
             clean = False
@@ -211,8 +231,7 @@ class RolloutStates:
             self.states[rows] = end[:, -1]
             return np.zeros(len(self.states), dtype=bool)
         del messages[heard:]  # the replay reports them again, per copy
-        with capture_mujoco_warnings(messages):
-            return self._replay(rows, start, actions, messages)
+        return self._replay(rows, start, actions, messages)
 
     def _replay(
         self, rows: np.ndarray, start: np.ndarray, actions: np.ndarray, messages: list[str]
@@ -225,12 +244,8 @@ class RolloutStates:
             mujoco.mj_setState(model, data, state, FULL_PHYSICS)
             data.warning.number[:] = 0
             data.ctrl[:] = actions[i]
-            try:
-                mujoco.mj_step(model, data, self._frame_skip)
-            except mujoco.FatalError as error:
-                messages.append(f"copy {i}: mujoco.FatalError: {error}")
-                failed[i] = True
-            failed[i] |= bool(data.warning.number.any())
+            fatal = step_copy(model, data, self._frame_skip, False, i, messages)
+            failed[i] = fatal or bool(data.warning.number.any())
             mujoco.mj_getState(model, data, self.states[i], FULL_PHYSICS)
         data.warning.number[:] = 0  # a later rollout call starts from a clean scratch
         return failed
