@@ -94,20 +94,23 @@ def _raw_worker(
         start_state[1:] = start_state[0]
         per_substep = np.repeat(controls, frame_skip, axis=1)
         states = np.empty((episodes, horizon * frame_skip, start_state.shape[1]))
-        with rollout.Rollout(nthread=0) as runner:
-            barrier.wait()
-            start = time.perf_counter()
+        runner = rollout.Rollout(nthread=0)
+
+        def step_all() -> None:
             runner.rollout(model, data, start_state, per_substep, state=states)
-            seconds = time.perf_counter() - start
     else:
-        barrier.wait()
-        start = time.perf_counter()
-        for episode in controls:
-            mujoco.mj_resetData(model, data)
-            for control in episode:
-                data.ctrl[:] = control
-                mujoco.mj_step(model, data, nstep=frame_skip)
-        seconds = time.perf_counter() - start
+
+        def step_all() -> None:
+            for episode in controls:
+                mujoco.mj_resetData(model, data)
+                for control in episode:
+                    data.ctrl[:] = control
+                    mujoco.mj_step(model, data, nstep=frame_skip)
+
+    barrier.wait()
+    start = time.perf_counter()
+    step_all()
+    seconds = time.perf_counter() - start
     results.put((steps, seconds))
     env.close()
 
