@@ -271,6 +271,29 @@ def test_a_worker_start_up_error_surfaces_its_message() -> None:
     assert multiprocessing.active_children() == []
 
 
+def test_workers_dying_at_start_are_reported_even_with_a_large_policy(tmp_path: Path) -> None:
+    # A script without a main guard: each spawned worker re-runs it, tries to start workers of
+    # its own and dies while starting. With the policy (90k parameters, far beyond a pipe's
+    # buffer) among the process's arguments, the parent hung in ``process.start()``.
+    script = tmp_path / "no_main_guard.py"
+    script.write_text(
+        "from rlmaml.rl.policies import GaussianMLPPolicy\n"
+        "from rlmaml.rl.process_sampler import ProcessSampler\n"
+        "ProcessSampler('rlmaml/Navigation2D-v0', GaussianMLPPolicy(2, 2, [300, 300]), "
+        "num_workers=2)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode != 0
+    assert "a worker failed to start" in done.stderr
+    assert "__main__" in done.stderr.splitlines()[-1]
+
+
 def test_invalid_arguments_raise_before_any_worker_starts() -> None:
     policy = make_policy()
     with pytest.raises(ValueError, match="num_workers"):

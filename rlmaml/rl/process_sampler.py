@@ -48,6 +48,7 @@ from rlmaml.core.params import Params, expand_params
 from rlmaml.rl.samplers import Sampler, VectorizedSampler, check_request
 from rlmaml.rl.trajectories import Trajectories
 
+_HELLO = "hello"
 _READY = "ready"
 _OK = "ok"
 _ERROR = "error"
@@ -56,18 +57,15 @@ _STOP_GRACE_S = 2.0
 """How long a stopping worker may take to exit by itself before it is terminated (then killed)."""
 
 
-def _worker_main(
-    conn: Connection,
-    env_id: str,
-    env_kwargs: dict[str, Any],
-    policy_bytes: bytes,
-    worker_imports: tuple[str, ...],
-) -> None:
+def _worker_main(conn: Connection) -> None:
     """A worker process: build the policy and envs once, then serve one request per phase.
 
-    A request is ``(params, tasks, episodes_per_task, seed, first_task, phase_tasks)``: the
-    tasks ``first_task...`` of a phase of ``phase_tasks`` tasks, sampled by a plain
-    :class:`~rlmaml.rl.samplers.VectorizedSampler` told its place in the phase.
+    The worker says ``(_HELLO, None)`` as soon as it runs, then receives its set-up, ``(env_id,
+    env_kwargs, policy_bytes, worker_imports)``, over the pipe (see :meth:`ProcessSampler._start`
+    for why not as arguments). A request is ``(params, tasks, episodes_per_task, seed,
+    first_task, phase_tasks)``: the tasks ``first_task...`` of a phase of ``phase_tasks`` tasks,
+    sampled by a plain :class:`~rlmaml.rl.samplers.VectorizedSampler` told its place in the
+    phase.
     Replies ``(_READY, horizon)`` after start-up, then ``(_OK, trajectories)`` per request; any
     exception is replied as ``(_ERROR, traceback text)`` (a start-up error ends the worker). The
     worker exits when the parent closes its end of the pipe or goes away. Ctrl-C is ignored: the
@@ -77,6 +75,11 @@ def _worker_main(
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     torch.set_num_threads(1)
+    try:
+        conn.send_bytes(pickle.dumps((_HELLO, None)))
+        env_id, env_kwargs, policy_bytes, worker_imports = pickle.loads(conn.recv_bytes())
+    except (EOFError, OSError):
+        return
     try:
         for module in worker_imports:
             importlib.import_module(module)
@@ -296,8 +299,9 @@ class ProcessSampler(Sampler):
         self._context = get_context(start_method)
         buffer = io.BytesIO()
         torch.save(policy, buffer)
-        policy_bytes = buffer.getvalue()
-        self._worker_args = (env_id, dict(env_kwargs or {}), policy_bytes, tuple(worker_imports))
+        self._setup = pickle.dumps(
+            (env_id, dict(env_kwargs or {}), buffer.getvalue(), tuple(worker_imports))
+        )
         self._workers: list[_Worker | None] = [None] * num_workers
         self._finalizer = weakref.finalize(self, _stop_workers, self._workers)
         self._horizon = 0
@@ -386,6 +390,13 @@ class ProcessSampler(Sampler):
     def _start(self, slots: Iterable[int]) -> None:
         """Start a worker in each of ``slots`` (stopping what is left there) and await them.
 
+        A worker gets only its end of the pipe as an argument, says hello once it runs, and is
+        then sent its set-up (the policy, the env id and kwargs). Arguments travel in the
+        process object that ``spawn`` writes to the child before it runs, and a child that dies
+        while starting (a main script without an ``if __name__ == "__main__":`` guard, say)
+        leaves that write blocked forever once the object outgrows the pipe's buffer (tens of
+        kB: the policy); a message on our own pipe fails instead, and every wait has a deadline.
+
         Raises:
             RuntimeError: if a worker fails or is too slow to start; it is then stopped.
         """
@@ -399,7 +410,7 @@ class ProcessSampler(Sampler):
             parent_conn, child_conn = self._context.Pipe()
             process = self._context.Process(
                 target=_worker_main,
-                args=(child_conn, *self._worker_args),
+                args=(child_conn,),
                 name=f"ProcessSampler-worker-{slot}",
                 daemon=True,
             )
@@ -408,12 +419,29 @@ class ProcessSampler(Sampler):
             # Only the child may hold its end, so the parent sees EOF if the child dies.
             child_conn.close()
             self._workers[slot] = _Worker(process, parent_conn)
-        horizons, failures = self._collect(slots, self.startup_timeout_s, _READY)
+        running, failures = self._collect(slots, self.startup_timeout_s, _HELLO)
+        sent = []
+        for slot in running:
+            try:
+                self._worker(slot).conn.send_bytes(self._setup)
+            except OSError:
+                failures[slot] = self._remove(slot, "died", retryable=True)
+            else:
+                sent.append(slot)
+        horizons, more = self._collect(sent, self.startup_timeout_s, _READY)
+        failures |= more
         if failures:
             for slot in failures:
                 if self._workers[slot] is not None:
                     self._discard(slot)
-            raise RuntimeError(self._report("a worker failed to start", failures))
+            message = self._report("a worker failed to start", failures)
+            if any(failure.retryable for failure in failures.values()):
+                message += (
+                    "\n(workers start from a fresh interpreter that imports the main script; "
+                    "one that dies at once often means the script starts sampling without an "
+                    '`if __name__ == "__main__":` guard: see the worker\'s traceback above)'
+                )
+            raise RuntimeError(message)
         self._horizon = horizons[slots[0]]
 
     def _worker(self, slot: int) -> _Worker:
