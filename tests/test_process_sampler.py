@@ -138,20 +138,35 @@ def test_navigation_trajectories_equal_the_vectorized_samplers(
     tasks = nav_tasks(3)
     kwargs = {"goal_tolerance": 0.15}  # some episodes end early, so masks are compared too
     requests = [
-        (expand_params(theta(policy), 3), tasks, 6, 7),
-        (distinct_params(policy, 3), tasks, 6, 8),
-        (distinct_params(policy, 1), tasks[:1], 5, 9),  # fewer tasks than workers
+        (expand_params(theta(policy), 3), tasks, 6, 7, None),
+        (distinct_params(policy, 3), tasks, 6, 8, None),
+        (distinct_params(policy, 1), tasks[:1], 5, 9, None),  # fewer tasks than workers
+        # Workers get runs of tasks balanced by their episodes: here 1 task and 2.
+        (distinct_params(policy, 3), tasks, 6, 10, [6, 1, 2]),
     ]
     with VectorizedSampler(NAV_ID, policy, kwargs) as reference:
-        expected = [reference.sample(*request) for request in requests]
+        expected = [reference.sample(*r[:4], episode_counts=r[4]) for r in requests]
     with ProcessSampler(
         NAV_ID, policy, kwargs, num_workers=num_workers, start_method=start_method
     ) as sampler:
         assert isinstance(sampler, Sampler) and sampler.horizon == 100
-        for request, want in zip(requests, expected, strict=True):
-            assert_identical(sampler.sample(*request), want)
+        for r, want in zip(requests, expected, strict=True):
+            assert_identical(sampler.sample(*r[:4], episode_counts=r[4]), want)
     assert (expected[0].lengths < 100).any()
     assert_no_children(sampler.worker_pids)
+
+
+def test_a_phase_is_cut_into_runs_of_tasks_balanced_by_their_episodes() -> None:
+    from rlmaml.rl.process_sampler import _balanced_bounds
+
+    for num_tasks, parts in [(5, 2), (20, 2), (7, 3), (6, 4), (3, 3), (1, 1)]:
+        bounds = _balanced_bounds(np.full(num_tasks, 4), parts)
+        sizes = np.diff(bounds)
+        assert bounds[0] == 0 and bounds[-1] == num_tasks and len(sizes) == parts
+        assert sizes.min() >= 1 and sizes.max() - sizes.min() <= 1
+    assert _balanced_bounds(np.array([6, 1, 2]), 2) == [0, 1, 3]
+    assert _balanced_bounds(np.array([1, 1, 1, 1, 12]), 2) == [0, 4, 5]
+    assert _balanced_bounds(np.array([10, 1, 1]), 3) == [0, 1, 2, 3]  # one task each at least
 
 
 def test_gymnasium_envs_get_the_phase_reset_seeds_and_worker_errors_surface() -> None:

@@ -267,6 +267,37 @@ def test_a_phase_sampled_in_task_slices_equals_the_phase_sampled_whole(
         assert torch.all(getattr(parts[0], name)[padding[:2]] == 0), name
 
 
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize(
+    ("env_id", "use_batched"),
+    [(COUNTDOWN_ID, False), (NAV_ID, True), (NAV_ID, False), ("rlmaml/AntVel-v0", True)],
+)
+def test_episode_counts_run_the_first_episodes_of_the_full_phase_and_leave_the_rest_empty(
+    env_id: str, use_batched: bool, shared: bool
+) -> None:
+    if env_id == COUNTDOWN_ID:
+        policy = make_policy(act_dim=1)
+        tasks = [{"length": k} for k in (2, 6, 9, 1)]
+    else:
+        env = gymnasium.make(env_id)
+        policy = make_policy(env.observation_space.shape[0], env.action_space.shape[0])
+        tasks = sample_tasks(env_id, 4)
+    kwargs = {"max_episode_steps": 20} if env_id.startswith("rlmaml/Ant") else {}
+    params = expand_params(detached(policy), 4) if shared else distinct_params(policy, 4)
+    counts = [3, 1, 4, 2]
+    with VectorizedSampler(env_id, policy, kwargs, use_batched=use_batched) as sampler:
+        full = sampler.sample(params, tasks, 4, seed=11)
+        some = sampler.sample(params, tasks, 4, seed=11, episode_counts=counts)
+        every = sampler.sample(params, tasks, 4, seed=11, episode_counts=[4] * 4)
+    assert_identical(every, full)
+    for task, count in enumerate(counts):
+        ran = Trajectories(*(field[task, :count] for field in some))
+        assert_identical(ran, Trajectories(*(field[task, :count] for field in full)))
+        assert torch.all(some.lengths[task, count:] == 0)
+        for field in some:
+            assert torch.all(field[task, count:] == 0)
+
+
 def test_expand_params_marks_shared_parameters_with_stride_zero_for_any_task_count() -> None:
     theta = detached(make_policy())
     weight = theta["mean.0.weight"].clone().requires_grad_(True)
@@ -369,6 +400,9 @@ def test_invalid_requests_raise_clear_errors() -> None:
             sampler.sample(expand_params(theta, 2), tasks, 1, seed=0, first_task=1)
         with pytest.raises(ValueError, match="do not fit in a phase of phase_tasks = 2"):
             sampler.sample(expand_params(theta, 2), tasks, 1, seed=0, first_task=1, phase_tasks=2)
+        for counts in ([1], [0, 1], [1, 3], [1.0, 2.0]):
+            with pytest.raises(ValueError, match="episode_counts must hold one integer from 1"):
+                sampler.sample(expand_params(theta, 2), tasks, 2, seed=0, episode_counts=counts)
     with pytest.raises(ValueError, match="not a registered Gymnasium id"):
         VectorizedSampler("rlmaml/NoSuchEnv-v0", policy)
     with pytest.raises(ValueError, match="num_threads"):
@@ -383,11 +417,13 @@ class RecordingSampler:
 
     def __init__(self, sampler: VectorizedSampler) -> None:
         self.sampler = sampler
-        self.requests: list[tuple[dict[str, torch.Tensor], list[dict], int]] = []
+        self.requests: list[tuple[dict[str, torch.Tensor], list[dict], int, Any]] = []
 
-    def sample(self, params, tasks, episodes_per_task, seed) -> Trajectories:
-        self.requests.append((params, list(tasks), episodes_per_task))
-        return self.sampler.sample(params, tasks, episodes_per_task, seed)
+    def sample(self, params, tasks, episodes_per_task, seed, *, episode_counts=None):
+        self.requests.append((params, list(tasks), episodes_per_task, episode_counts))
+        return self.sampler.sample(
+            params, tasks, episodes_per_task, seed, episode_counts=episode_counts
+        )
 
 
 def test_a_step_budget_fills_every_task_with_whole_episodes() -> None:
@@ -406,11 +442,15 @@ def test_a_step_budget_fills_every_task_with_whole_episodes() -> None:
     # Returns 1 + 2 + ... + length per episode; empty episodes are not averaged in.
     torch.testing.assert_close(traj.mean_return(), torch.tensor([3.0, 10.0, 21.0, 21.0]))
     assert torch.all(traj.observations[1, 5:] == 0) and torch.all(traj.masks[1, 5:] == 0)
-    # Later rounds ask only for the tasks still short of the budget, with shared parameters
-    # kept shared (stride 0: the sampler's single-forward path).
-    assert [len(tasks_) for _, tasks_, _ in recorder.requests][0] == 4
-    assert all(t["length"] in (2, 4) for _, tasks_, _ in recorder.requests[1:] for t in tasks_)
-    for params, tasks_, _ in recorder.requests:
+    # The second round asks only for the tasks still short of the budget, each for the
+    # episodes its own shortfall needs at its mean length, plus one: 12 steps short at 2 per
+    # episode, 6 short at 4. Shared parameters stay shared (stride 0: the sampler's
+    # single-forward path).
+    first, second = recorder.requests
+    assert len(first[1]) == 4 and first[3] is None
+    assert [t["length"] for t in second[1]] == [2, 4]
+    assert second[2:] == (7, [7, 3])
+    for params, tasks_, _, _ in recorder.requests:
         assert all(p.stride(0) == 0 and p.shape[0] == len(tasks_) for p in params.values())
 
 

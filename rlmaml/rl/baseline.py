@@ -5,23 +5,38 @@ from __future__ import annotations
 import torch
 
 
-def linear_features(observations: torch.Tensor) -> torch.Tensor:
+def linear_features(observations: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
     """Per-step features ``[o, o**2, t/100, (t/100)**2, (t/100)**3, 1]`` of the MAML baseline.
 
     ``o`` is the observation clipped to ``[-10, 10]`` and ``t`` the step index within the
-    episode, i.e. the position along the time axis, since every episode starts at ``t = 0``.
+    episode.
 
     Args:
-        observations: ``[T, E, H, obs_dim]`` observations.
+        observations: ``[..., obs_dim]`` observations.
+        steps: ``[...]`` the step index of each observation within its episode.
 
     Returns:
-        ``[T, E, H, 2 * obs_dim + 4]`` features in the observations' dtype.
+        ``[..., 2 * obs_dim + 4]`` features in the observations' dtype.
     """
     o = observations.clamp(-10.0, 10.0)
-    horizon = observations.shape[2]
-    t = torch.arange(horizon, dtype=observations.dtype, device=observations.device) / 100.0
-    t = t.view(1, 1, horizon, 1).expand(*observations.shape[:3], 1)
+    t = (steps.to(observations.dtype) / 100.0).unsqueeze(-1)
     return torch.cat([o, o.square(), t, t.square(), t.pow(3), torch.ones_like(t)], dim=-1)
+
+
+def _valid_step_features(
+    observations: torch.Tensor, masks: torch.Tensor
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """float64 :func:`linear_features` of each task's valid steps (``[n_t, n_features]``, in
+    episode and time order) and the bool mask ``[T, E, H]`` of those steps.
+
+    Only valid steps are featurised: a batch counted in time steps holds many short episodes,
+    each padded to the horizon, and featurising the padding cost several times the fit.
+    """
+    valid = masks > 0
+    steps = torch.arange(valid.shape[2], device=valid.device).expand(valid.shape)[valid]
+    features = linear_features(observations[valid].double(), steps)
+    per_task = valid.flatten(1).sum(dim=1).tolist()
+    return list(features.split(per_task)), valid
 
 
 class LinearFeatureBaseline:
@@ -76,11 +91,10 @@ class LinearFeatureBaseline:
             ValueError: If the shapes do not match.
         """
         _check_shapes(observations, masks, returns=returns)
-        valid = (masks > 0).unsqueeze(-1)
-        features = torch.where(valid, linear_features(observations.double()), 0.0).flatten(1, 2)
-        targets = torch.where(valid, returns.double().unsqueeze(-1), 0.0).flatten(1, 2)
-        gram = features.mT @ features
-        rhs = features.mT @ targets
+        features, valid = _valid_step_features(observations, masks)
+        targets = returns[valid].double().split([len(f) for f in features])
+        gram = torch.stack([f.mT @ f for f in features])
+        rhs = torch.stack([f.mT @ y.unsqueeze(-1) for f, y in zip(features, targets, strict=True)])
         n_tasks, n_features = rhs.shape[:2]
         eye = torch.eye(n_features, dtype=gram.dtype, device=gram.device)
 
@@ -122,14 +136,17 @@ class LinearFeatureBaseline:
         if self.coeffs is None:
             raise RuntimeError("LinearFeatureBaseline.predict called before fit")
         _check_shapes(observations, masks)
-        features = linear_features(observations.double())
-        if features.shape[0] != self.coeffs.shape[0] or features.shape[-1] != self.coeffs.shape[1]:
+        n_tasks, n_features = self.coeffs.shape
+        if observations.shape[0] != n_tasks or 2 * observations.shape[-1] + 4 != n_features:
             raise ValueError(
                 f"observations {tuple(observations.shape)} do not match the fitted coefficients "
                 f"{tuple(self.coeffs.shape)} ([T, 2 * obs_dim + 4])"
             )
-        values = torch.einsum("tehf,tf->teh", features, self.coeffs.to(features.device))
-        return torch.where(masks > 0, values, 0.0).to(observations.dtype)
+        features, valid = _valid_step_features(observations, masks)
+        coeffs = self.coeffs.to(observations.device)
+        values = torch.zeros(valid.shape, dtype=coeffs.dtype, device=observations.device)
+        values[valid] = torch.cat([f @ c for f, c in zip(features, coeffs, strict=True)])
+        return values.to(observations.dtype)
 
 
 def _check_shapes(observations: torch.Tensor, masks: torch.Tensor, **others: torch.Tensor) -> None:

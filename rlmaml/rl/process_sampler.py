@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import io
+import itertools
 import os
 import pickle
 import signal
@@ -40,6 +41,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any, Literal, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -62,10 +64,10 @@ def _worker_main(conn: Connection) -> None:
 
     The worker says ``(_HELLO, None)`` as soon as it runs, then receives its set-up, ``(env_id,
     env_kwargs, policy_bytes, worker_imports)``, over the pipe (see :meth:`ProcessSampler._start`
-    for why not as arguments). A request is ``(params, tasks, episodes_per_task, seed,
-    first_task, phase_tasks)``: the tasks ``first_task...`` of a phase of ``phase_tasks`` tasks,
-    sampled by a plain :class:`~rlmaml.rl.samplers.VectorizedSampler` told its place in the
-    phase.
+    for why not as arguments). A request is ``(params, tasks, episodes_per_task,
+    episode_counts, seed, first_task, phase_tasks)``: the tasks ``first_task...`` of a phase of
+    ``phase_tasks`` tasks, sampled by a plain :class:`~rlmaml.rl.samplers.VectorizedSampler`
+    told its place in the phase.
     Replies ``(_READY, horizon)`` after start-up, then ``(_OK, trajectories)`` per request; any
     exception is replied as ``(_ERROR, traceback text)`` (a start-up error ends the worker). The
     worker exits when the parent closes its end of the pipe or goes away. Ctrl-C is ignored: the
@@ -93,9 +95,15 @@ def _worker_main(conn: Connection) -> None:
         while True:
             request = conn.recv_bytes()
             try:
-                params, tasks, episodes, seed, first, phase_tasks = pickle.loads(request)
+                params, tasks, episodes, counts, seed, first, phase_tasks = pickle.loads(request)
                 traj = sampler.sample(
-                    params, tasks, episodes, seed, first_task=first, phase_tasks=phase_tasks
+                    params,
+                    tasks,
+                    episodes,
+                    seed,
+                    episode_counts=counts,
+                    first_task=first,
+                    phase_tasks=phase_tasks,
                 )
                 reply: tuple[str, Any] = (_OK, traj)
             except Exception:
@@ -201,6 +209,22 @@ def _worker_environment() -> Iterator[None]:
         yield
     finally:
         del os.environ["OMP_WAIT_POLICY"]
+
+
+def _balanced_bounds(episodes: np.ndarray, parts: int) -> list[int]:
+    """Task indices ``0 = b_0 < b_1 < ... < b_parts = T`` that cut tasks with ``episodes[t]``
+    episodes into ``parts`` contiguous runs holding about equal numbers of episodes (with equal
+    counts, runs differ by at most one task)."""
+    num_tasks = len(episodes)
+    cumulative = np.cumsum(episodes)
+    bounds = [0]
+    for k in range(1, parts):
+        # The first run end at which at least k / parts of the episodes are in, leaving each
+        # later run at least one task.
+        end = int(np.searchsorted(cumulative, cumulative[-1] * k / parts)) + 1
+        bounds.append(min(max(end, bounds[-1] + 1), num_tasks - (parts - k)))
+    bounds.append(num_tasks)
+    return bounds
 
 
 def _task_slice(tensor: Tensor, start: int, stop: int) -> Tensor:
@@ -322,7 +346,13 @@ class ProcessSampler(Sampler):
         return [None if worker is None else worker.process.pid for worker in self._workers]
 
     def sample(
-        self, params: Params, tasks: Sequence[Task], episodes_per_task: int, seed: int
+        self,
+        params: Params,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        seed: int,
+        *,
+        episode_counts: Sequence[int] | None = None,
     ) -> Trajectories:
         """Run ``episodes_per_task`` episodes of every task; see :meth:`Sampler.sample`.
 
@@ -333,7 +363,7 @@ class ProcessSampler(Sampler):
         """
         if not self._finalizer.alive:
             raise RuntimeError("this ProcessSampler is closed")
-        check_request(params, len(tasks), episodes_per_task, seed)
+        counts = check_request(params, len(tasks), episodes_per_task, seed, episode_counts)
         self._start(
             [
                 slot
@@ -342,7 +372,7 @@ class ProcessSampler(Sampler):
             ]
         )
         with _single_threaded_torch():
-            requests = self._requests(params, tasks, episodes_per_task, seed)
+            requests = self._requests(params, tasks, episodes_per_task, counts, seed)
         results, failures = self._round_trip(requests, self.timeout_s)
         if failures and all(failure.retryable for failure in failures.values()):
             first_failures = failures
@@ -370,21 +400,34 @@ class ProcessSampler(Sampler):
         self._finalizer()
 
     def _requests(
-        self, params: Params, tasks: Sequence[Task], episodes_per_task: int, seed: int
+        self,
+        params: Params,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        counts: np.ndarray | None,
+        seed: int,
     ) -> dict[int, bytes]:
-        """The pickled request of each worker slot used: a contiguous run of whole tasks."""
+        """The pickled request of each worker slot used: a contiguous run of whole tasks, the
+        runs balanced by the episodes they hold."""
         num_tasks = len(tasks)
         used = min(self.num_workers, num_tasks)
-        base, extra = divmod(num_tasks, used)
+        episodes = np.full(num_tasks, episodes_per_task) if counts is None else counts
+        bounds = _balanced_bounds(episodes, used)
         requests = {}
-        start = 0
-        for slot in range(used):
-            stop = start + base + (slot < extra)
+        for slot, (start, stop) in enumerate(itertools.pairwise(bounds)):
             params_slice = {name: _task_slice(t, start, stop) for name, t in params.items()}
             slice_tasks = list(tasks[start:stop])
-            request = (params_slice, slice_tasks, episodes_per_task, seed, start, num_tasks)
+            slice_counts = None if counts is None else counts[start:stop].tolist()
+            request = (
+                params_slice,
+                slice_tasks,
+                episodes_per_task,
+                slice_counts,
+                seed,
+                start,
+                num_tasks,
+            )
             requests[slot] = pickle.dumps(request)
-            start = stop
         return requests
 
     def _start(self, slots: Iterable[int]) -> None:

@@ -60,7 +60,13 @@ class Sampler(Protocol):
     """
 
     def sample(
-        self, params: Params, tasks: Sequence[Task], episodes_per_task: int, seed: int
+        self,
+        params: Params,
+        tasks: Sequence[Task],
+        episodes_per_task: int,
+        seed: int,
+        *,
+        episode_counts: Sequence[int] | None = None,
     ) -> Trajectories:
         """Run ``episodes_per_task`` episodes of every task and return them padded.
 
@@ -72,6 +78,10 @@ class Sampler(Protocol):
             episodes_per_task: episodes ``E`` per task, at least 1.
             seed: non-negative seed fixing all randomness of the phase (action noise and
                 environment resets), independent of the backend.
+            episode_counts: run only the first ``episode_counts[t]`` (1 to ``E``) of task
+                ``t``'s episodes; its other ``E`` slots are returned as empty episodes (length
+                0). The episodes that run are those of the full phase, bit for bit. None runs
+                all ``E``.
 
         Returns:
             Validated trajectories ``[T, E, H]`` with ``H`` the environment's time limit;
@@ -146,7 +156,7 @@ def _space_sizes(env: gymnasium.Env) -> tuple[int, int]:
 
 
 class _NativeBatchedEnvs:
-    """All ``T * E`` copies of a natively batched family, stepped together.
+    """One copy of a natively batched family per episode of a phase, stepped together.
 
     Navigation2D steps in one NumPy call; the MuJoCo locomotion families run the simulator
     for all copies in one ``mujoco.rollout`` call or one call per copy, and everything else
@@ -172,18 +182,12 @@ class _NativeBatchedEnvs:
         return self._batched.active
 
     def reset(self, tasks: Sequence[Task], seeds: np.ndarray) -> np.ndarray:
-        """Start every episode; copy ``t * E + e`` runs episode ``e`` of task ``t``.
-
-        Args:
-            tasks: the ``T`` tasks.
-            seeds: ``[T, E]`` reset seeds, one per episode.
+        """Start one episode per copy: copy ``i`` runs ``tasks[i]`` reset with ``seeds[i]``.
 
         Returns:
             float32 observations ``[N, obs_dim]``, rounded as the Gymnasium pool's buffer does.
         """
-        episodes_per_task = seeds.shape[1]
-        copies = [task for task in tasks for _ in range(episodes_per_task)]
-        observations = self._batched.reset_tasks(copies, seeds.ravel())
+        observations = self._batched.reset_tasks(list(tasks), seeds)
         return np.asarray(observations, dtype=np.float32)
 
     def step(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -198,7 +202,7 @@ class _NativeBatchedEnvs:
 class _GymnasiumEnvs:
     """A pool of ordinary Gymnasium envs, stepped one by one (the env step is Python anyway).
 
-    The pool grows to the largest ``T * E`` asked for and is reused across phases.
+    The pool grows to the most episodes a phase asked for and is reused across phases.
 
     Args:
         env_id: the Gymnasium id of a task family.
@@ -235,20 +239,13 @@ class _GymnasiumEnvs:
         return self._active
 
     def reset(self, tasks: Sequence[Task], seeds: np.ndarray) -> np.ndarray:
-        """Set env ``t * E + e`` to task ``t`` and reset it with ``seeds[t, e]``.
-
-        Args:
-            tasks: the ``T`` tasks.
-            seeds: ``[T, E]`` reset seeds, one per episode.
-        """
-        episodes_per_task = seeds.shape[1]
-        n = len(tasks) * episodes_per_task
+        """Set env ``i`` to ``tasks[i]`` and reset it with ``seeds[i]``, one env per episode."""
+        n = len(tasks)
         self._grow(n)
-        flat_seeds = seeds.ravel()
         self._observations = np.zeros((n, self.obs_dim), dtype=np.float32)
         for i in range(n):
-            self._families[i].set_task(tasks[i // episodes_per_task])
-            self._observations[i], _ = self._envs[i].reset(seed=int(flat_seeds[i]))
+            self._families[i].set_task(tasks[i])
+            self._observations[i], _ = self._envs[i].reset(seed=int(seeds[i]))
         self._active = np.ones(n, dtype=bool)
         return self._observations
 
@@ -359,6 +356,7 @@ class VectorizedSampler(Sampler):
         episodes_per_task: int,
         seed: int,
         *,
+        episode_counts: Sequence[int] | None = None,
         first_task: int = 0,
         phase_tasks: int | None = None,
     ) -> Trajectories:
@@ -375,19 +373,22 @@ class VectorizedSampler(Sampler):
         Args:
             params: as for :meth:`Sampler.sample`, stacked for ``tasks`` only.
             tasks: the tasks to run.
-            episodes_per_task: episodes ``E`` per task.
+            episodes_per_task: episodes ``E`` per task (of the whole phase, for a part).
             seed: the phase's seed.
+            episode_counts: episodes to run of each of ``tasks`` (the first ones), as for
+                :meth:`Sampler.sample`; None runs all ``E``.
             first_task: index in the phase of ``tasks[0]``.
             phase_tasks: number of tasks of the whole phase; None means ``tasks`` are the whole
                 phase (then ``first_task`` must be 0).
 
         Raises:
             ValueError: if ``tasks`` is empty, the parameters' task axis is not ``len(tasks)``,
-                ``episodes_per_task < 1``, ``seed`` is negative, ``first_task`` is negative,
-                or ``tasks`` do not fit in the phase (``first_task + len(tasks) >
-                phase_tasks``, or ``first_task != 0`` without ``phase_tasks``).
+                ``episodes_per_task < 1``, ``seed`` is negative, ``episode_counts`` is not one
+                count from 1 to ``E`` per task, ``first_task`` is negative, or ``tasks`` do
+                not fit in the phase (``first_task + len(tasks) > phase_tasks``, or
+                ``first_task != 0`` without ``phase_tasks``).
         """
-        check_request(params, len(tasks), episodes_per_task, seed)
+        counts = check_request(params, len(tasks), episodes_per_task, seed, episode_counts)
         if first_task < 0:
             raise ValueError(f"first_task must be non-negative, got {first_task}")
         if phase_tasks is None:
@@ -402,12 +403,13 @@ class VectorizedSampler(Sampler):
                 f"tasks {first_task} to {first_task + len(tasks) - 1} do not fit in a phase of "
                 f"phase_tasks = {phase_tasks} tasks"
             )
+        rollout = (params, tasks, episodes_per_task, counts, seed, first_task, phase_tasks)
         threads = torch.get_num_threads()
         if self.num_threads is None or self.num_threads == threads:
-            return self._rollout(params, tasks, episodes_per_task, seed, first_task, phase_tasks)
+            return self._rollout(*rollout)
         torch.set_num_threads(self.num_threads)
         try:
-            return self._rollout(params, tasks, episodes_per_task, seed, first_task, phase_tasks)
+            return self._rollout(*rollout)
         finally:
             torch.set_num_threads(threads)
 
@@ -416,15 +418,25 @@ class VectorizedSampler(Sampler):
         params: Params,
         tasks: Sequence[Task],
         episodes_per_task: int,
+        counts: np.ndarray | None,
         seed: int,
         first_task: int,
         phase_tasks: int,
     ) -> Trajectories:
-        """:meth:`sample` after its checks, with torch's thread count already set."""
+        """:meth:`sample` after its checks, with torch's thread count already set.
+
+        Slot ``t * E + e`` of the flat ``[T * E]`` layout holds episode ``e`` of task ``t``;
+        ``run`` selects the slots whose episodes run, one environment copy each (a plain slice
+        when all run, so the common case costs no gather).
+        """
         num_tasks = len(tasks)
         part = slice(first_task, first_task + num_tasks)
         envs, device = self._envs, self.device
         horizon, episodes, n = envs.horizon, episodes_per_task, num_tasks * episodes_per_task
+        run: slice | np.ndarray = slice(None)
+        if counts is not None and (counts < episodes).any():
+            run = np.flatnonzero(np.arange(episodes) < counts[:, None])
+        run_tensor = run if isinstance(run, slice) else torch.from_numpy(run).to(device)
         shared = shared_params(params)
         if shared is not None:
             shared = {name: t.to(device) for name, t in shared.items()}
@@ -442,15 +454,17 @@ class VectorizedSampler(Sampler):
         actions: Tensor | None = None
         noise: Tensor | None = None
 
-        env_observations = envs.reset(tasks, episode_seeds(seed, phase_tasks, episodes)[part])
+        slot_tasks = np.repeat(np.arange(num_tasks), episodes)[run]
+        slot_seeds = episode_seeds(seed, phase_tasks, episodes)[part].ravel()[run]
+        env_observations = envs.reset([tasks[i] for i in slot_tasks], slot_seeds)
         with torch.inference_mode():
             for t in range(horizon):
                 active = envs.active
                 if not active.any():
                     break
-                lengths += active
-                phase_obs[part] = torch.from_numpy(env_observations).view(num_tasks, episodes, -1)
+                lengths[run] += active
                 obs = phase_obs[part]
+                obs.view(n, -1)[run_tensor] = torch.from_numpy(env_observations)
                 if shared is not None:
                     dist = distribution(self.policy, shared, phase_obs)
                 else:
@@ -473,9 +487,9 @@ class VectorizedSampler(Sampler):
                 observations[:, :, t] = obs
                 actions[:, :, t] = action
                 log_probs[:, :, t] = dist.log_prob(action)
-                env_actions = action.reshape(n, *action.shape[2:]).cpu().numpy()
+                env_actions = action.reshape(n, *action.shape[2:])[run_tensor].cpu().numpy()
                 env_observations, step_rewards = envs.step(env_actions)
-                rewards[:, t] = step_rewards
+                rewards[run, t] = step_rewards
         assert actions is not None  # the first step always runs: every episode starts active
         lengths_tensor = torch.from_numpy(lengths).view(num_tasks, episodes).to(device)
         masks = masks_from_lengths(lengths_tensor, horizon)
@@ -511,10 +525,19 @@ def _in_phase_layout(params: Params, part: slice, phase_tasks: int, device: torc
     return laid_out
 
 
-def check_request(params: Params, num_tasks: int, episodes_per_task: int, seed: int) -> None:
+def check_request(
+    params: Params,
+    num_tasks: int,
+    episodes_per_task: int,
+    seed: int,
+    episode_counts: Sequence[int] | None = None,
+) -> np.ndarray | None:
     """Raise a ValueError naming what is wrong with a :meth:`Sampler.sample` request.
 
     For backends, to reject a bad request before doing any work.
+
+    Returns:
+        ``episode_counts`` as an int64 array ``[num_tasks]``, or None if it is None.
     """
     if num_tasks < 1:
         raise ValueError("sample() needs at least one task")
@@ -531,3 +554,17 @@ def check_request(params: Params, num_tasks: int, episodes_per_task: int, seed: 
                 f"per task with a leading axis of len(tasks) = {num_tasks}; for one shared "
                 f"parameter set pass expand_params(params, {num_tasks})"
             )
+    if episode_counts is None:
+        return None
+    counts = np.asarray(episode_counts)
+    if (
+        counts.shape != (num_tasks,)
+        or not np.issubdtype(counts.dtype, np.integer)
+        or (counts < 1).any()
+        or (counts > episodes_per_task).any()
+    ):
+        raise ValueError(
+            f"episode_counts must hold one integer from 1 to episodes_per_task = "
+            f"{episodes_per_task} per task ({num_tasks} tasks), got {list(episode_counts)}"
+        )
+    return counts.astype(np.int64)

@@ -12,7 +12,11 @@ Navigation2D, those that reach the goal).
 :func:`sample_step_budget` reproduces this on top of any :class:`~rlmaml.rl.samplers.Sampler`:
 it samples ``E`` episodes of every task, then further rounds of episodes for the tasks whose
 episodes have not yet filled ``E x H`` steps, and keeps each task's episodes in order until
-they reach the budget (the last one whole; rllab cut it to the exact budget). Tasks end up with
+they reach the budget (the last one whole; rllab cut it to the exact budget). A round gives
+each short task the episodes its own shortfall needs at its mean episode length so far, plus
+one (``episode_counts``), so that little is simulated only to be thrown away: asking every
+short task for the largest task's shortfall, as this module once did, discarded about 40% of
+the steps an AntVel phase simulated. Tasks end up with
 different numbers of episodes; the batch is padded with empty episodes (length 0, all masks 0),
 which every loss, baseline and :meth:`~rlmaml.rl.trajectories.Trajectories.mean_return`
 ignores. Round ``r > 0`` samples with a seed derived from ``(seed, r)``, so the batch is as
@@ -64,28 +68,32 @@ def sample_step_budget(
     budget = episodes_per_task * first.horizon
     collected: list[list[Trajectories]] = [[_task(first, t)] for t in range(len(tasks))]
     steps = first.lengths.sum(dim=1).cpu().numpy()
+    max_round = MAX_ROUND_FACTOR * episodes_per_task
     round_index = 0
     while (steps < budget).any():
         round_index += 1
         short = np.flatnonzero(steps < budget).tolist()
         mean_length = {t: steps[t] / sum(c.num_episodes for c in collected[t]) for t in short}
-        count = max(math.ceil((budget - steps[t]) / mean_length[t]) for t in short)
-        count = min(count, MAX_ROUND_FACTOR * episodes_per_task)
+        counts = [
+            min(math.ceil((budget - steps[t]) / mean_length[t]) + 1, max_round) for t in short
+        ]
         more = sampler.sample(
             _select_tasks(params, short),
             [tasks[t] for t in short],
-            count,
+            max(counts),
             _round_seed(seed, round_index),
+            episode_counts=counts,
         )
-        for row, t in enumerate(short):
-            collected[t].append(_task(more, row))
+        for row, (t, count) in enumerate(zip(short, counts, strict=True)):
+            collected[t].append(_task(more, row, count))
             steps[t] += int(more.lengths[row].sum())
     return _stack_within_budget(collected, budget)
 
 
-def _task(trajectories: Trajectories, index: int) -> Trajectories:
-    """Task ``index`` of ``trajectories``, keeping a task axis of one."""
-    return Trajectories(*(field[index : index + 1] for field in trajectories))
+def _task(trajectories: Trajectories, index: int, episodes: int | None = None) -> Trajectories:
+    """Task ``index`` of ``trajectories`` (its first ``episodes``, or all), keeping a task axis
+    of one."""
+    return Trajectories(*(field[index : index + 1, :episodes] for field in trajectories))
 
 
 def _select_tasks(params: Params, tasks: list[int]) -> Params:
