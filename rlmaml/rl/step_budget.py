@@ -16,12 +16,12 @@ they reach the budget (the last one whole; rllab cut it to the exact budget). A 
 each short task the episodes its own shortfall needs at its mean episode length so far, plus
 one (``episode_counts``), so that little is simulated only to be thrown away: asking every
 short task for the largest task's shortfall, as this module once did, discarded about 40% of
-the steps an AntVel phase simulated. Tasks end up with
-different numbers of episodes; the batch is padded with empty episodes (length 0, all masks 0),
-which every loss, baseline and :meth:`~rlmaml.rl.trajectories.Trajectories.mean_return`
-ignores. Round ``r > 0`` samples with a seed derived from ``(seed, r)``, so the batch is as
-reproducible and as backend-independent as a single phase, and round 0 uses ``seed`` itself:
-with episodes that never end early the result equals ``sampler.sample(..., E, seed)``.
+the steps an AntVel phase simulated. Tasks end up with different numbers of episodes; the batch
+is padded with empty episodes (length 0, all masks 0), which every loss, baseline and
+:meth:`~rlmaml.rl.trajectories.Trajectories.mean_return` ignores. Round ``r > 0`` samples with
+a seed derived from ``(seed, r)``, so the batch is as reproducible and as backend-independent
+as a single phase, and round 0 uses ``seed`` itself: with episodes that never end early the
+result equals ``sampler.sample(..., E, seed)``.
 
 Cost: every episode keeps its own row padded to the horizon, so a batch of short episodes
 takes ``H / mean length`` times the memory of its steps. Returns, the baseline and GAE run on
