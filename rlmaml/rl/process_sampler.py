@@ -463,14 +463,8 @@ class ProcessSampler(Sampler):
             child_conn.close()
             self._workers[slot] = _Worker(process, parent_conn)
         running, failures = self._collect(slots, self.startup_timeout_s, _HELLO)
-        sent = []
-        for slot in running:
-            try:
-                self._worker(slot).conn.send_bytes(self._setup)
-            except OSError:
-                failures[slot] = self._remove(slot, "died", retryable=True)
-            else:
-                sent.append(slot)
+        sent, dead = self._send(dict.fromkeys(running, self._setup))
+        failures |= dead
         horizons, more = self._collect(sent, self.startup_timeout_s, _READY)
         failures |= more
         if failures:
@@ -497,15 +491,7 @@ class ProcessSampler(Sampler):
         self, requests: dict[int, bytes], timeout_s: float
     ) -> tuple[dict[int, Trajectories], dict[int, _Failure]]:
         """Send each slot its request and collect the trajectories within ``timeout_s``."""
-        failures: dict[int, _Failure] = {}
-        sent = []
-        for slot, request in requests.items():
-            try:
-                self._worker(slot).conn.send_bytes(request)
-            except OSError:
-                failures[slot] = self._remove(slot, "died", retryable=True)
-            else:
-                sent.append(slot)
+        sent, failures = self._send(requests)
         try:
             results, more = self._collect(sent, timeout_s, _OK)
         except BaseException:
@@ -516,6 +502,20 @@ class ProcessSampler(Sampler):
                     self._discard(slot)
             raise
         return results, failures | more
+
+    def _send(self, messages: dict[int, bytes]) -> tuple[list[int], dict[int, _Failure]]:
+        """Send each slot its message; returns the slots reached and the failures of the workers
+        found dead (their slots emptied)."""
+        sent: list[int] = []
+        failures: dict[int, _Failure] = {}
+        for slot, message in messages.items():
+            try:
+                self._worker(slot).conn.send_bytes(message)
+            except OSError:
+                failures[slot] = self._remove(slot, "died", retryable=True)
+            else:
+                sent.append(slot)
+        return sent, failures
 
     def _collect(
         self, slots: list[int], timeout_s: float, expected: str

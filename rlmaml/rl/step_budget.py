@@ -26,8 +26,9 @@ result equals ``sampler.sample(..., E, seed)``.
 Cost: every episode keeps its own row padded to the horizon, so a batch of short episodes
 takes ``H / mean length`` times the memory of its steps. Returns and GAE run on that padded
 layout (cheap, and they need the episode boundaries), the linear baseline on its valid steps
-only; the loss batches the inner and outer steps work on are then packed (:meth:`~rlmaml.rl.losses.PolicyBatch.packed`), so the
-policy's forward and backward passes cost the batch's steps, not its rows.
+only; the loss batches the inner and outer steps work on are then packed
+(:meth:`~rlmaml.rl.losses.PolicyBatch.packed`), so the policy's forward and backward passes
+cost the batch's steps, not its rows.
 """
 
 from __future__ import annotations
