@@ -97,6 +97,11 @@ def test_evaluation_follows_the_paper_protocol(tmp_path):
     result = experiment.evaluate(steps=3, n_tasks=5)
     assert result.steps == [0, 1, 2, 3]
     assert result.n_tasks == 5
+    # The held-out tasks are reported beside their returns, row for row.
+    assert len(result.tasks) == len(result.per_task) == 5
+    assert all(set(task) == {"goal"} and len(task["goal"]) == 2 for task in result.tasks)
+    assert result.as_dict()["tasks"] == result.tasks
+    assert len({tuple(task["goal"]) for task in result.tasks}) == 5
     assert all(c >= 0 for c in result.ci95)
     again = experiment.evaluate(steps=3, n_tasks=5)
     assert again.mean == result.mean

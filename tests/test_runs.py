@@ -435,3 +435,15 @@ def test_the_paired_change_from_step_0_removes_the_spread_between_tasks() -> Non
     assert min(result.ci95) > 100 > 1 > max(result.change_ci95)
     assert result.per_task == per_task.tolist()
     assert json.loads(json.dumps(result.as_dict()))["change"] == result.change
+
+
+def test_tasks_are_reported_row_for_row_and_must_match_the_rows() -> None:
+    from rlmaml.runs.evaluation import summarise
+
+    per_task = torch.tensor([[-50.0, 30.0], [-48.0, 20.0]])
+    tasks = [{"direction": -1.0}, {"direction": 1.0}]
+    result = summarise("average return", per_task, tasks)
+    assert json.loads(json.dumps(result.as_dict()))["tasks"] == tasks
+    assert "tasks" not in summarise("mse", per_task).as_dict()
+    with pytest.raises(ValueError, match="1 tasks for 2 rows"):
+        summarise("average return", per_task, tasks[:1])

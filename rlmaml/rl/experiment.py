@@ -339,4 +339,4 @@ class RLExperiment:
             supports.append(self.policy_batch(trajectories))
             with torch.no_grad():
                 current = self.maml.adapted(theta, supports, lrs[: len(supports)])
-        return summarise("average return", torch.stack(per_step, dim=1))
+        return summarise("average return", torch.stack(per_step, dim=1), list(tasks))

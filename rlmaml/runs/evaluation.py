@@ -22,8 +22,10 @@ from torch import Tensor
 @dataclass(frozen=True)
 class AdaptationResult:
     """A metric after 0..N inner steps on held-out tasks: mean and 95% confidence interval
-    over tasks, the paired change from 0 steps (``change``, ``change_ci95``; 0 at step 0) and
-    each task's values (``per_task[i][k]``: task ``i`` after ``k`` steps)."""
+    over tasks, the paired change from 0 steps (``change``, ``change_ci95``; 0 at step 0),
+    each task's values (``per_task[i][k]``: task ``i`` after ``k`` steps) and, where a task is
+    a small record (an RL task such as ``{"direction": -1.0}``), the tasks themselves
+    (``tasks[i]``, else None), so that the hard ones can be told apart."""
 
     metric: str
     steps: list[int]
@@ -33,6 +35,7 @@ class AdaptationResult:
     change: list[float]
     change_ci95: list[float]
     per_task: list[list[float]]
+    tasks: list[dict[str, Any]] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -44,6 +47,7 @@ class AdaptationResult:
             "change": self.change,
             "change_ci95": self.change_ci95,
             "per_task": self.per_task,
+            **({} if self.tasks is None else {"tasks": self.tasks}),
         }
 
 
@@ -54,9 +58,13 @@ def _mean_and_ci95(values: Tensor) -> tuple[list[float], list[float]]:
     return values.mean(0).tolist(), (1.96 * std / math.sqrt(n)).tolist()
 
 
-def summarise(metric: str, per_task: Tensor) -> AdaptationResult:
+def summarise(
+    metric: str, per_task: Tensor, tasks: list[dict[str, Any]] | None = None
+) -> AdaptationResult:
     """Means, paired changes from step 0 and their 95% intervals over the tasks of a
-    ``[tasks, steps + 1]`` tensor."""
+    ``[tasks, steps + 1]`` tensor; ``tasks``, if given, names each row's task."""
+    if tasks is not None and len(tasks) != per_task.shape[0]:
+        raise ValueError(f"{len(tasks)} tasks for {per_task.shape[0]} rows of values")
     per_task = per_task.double()
     mean, ci95 = _mean_and_ci95(per_task)
     change, change_ci95 = _mean_and_ci95(per_task - per_task[:, :1])
@@ -69,4 +77,5 @@ def summarise(metric: str, per_task: Tensor) -> AdaptationResult:
         change=change,
         change_ci95=change_ci95,
         per_task=per_task.tolist(),
+        tasks=tasks,
     )
