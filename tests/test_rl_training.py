@@ -58,6 +58,19 @@ def test_meta_training_makes_one_step_adaptation_pay_off(tmp_path):
     assert result.mean[1] > result.mean[0] + 5.0, result
 
 
+def test_the_first_inner_steps_kl_is_logged_and_quadratic_in_a_small_step_size():
+    kls = {}
+    for lr in (0.01, 0.02):
+        experiment = RLExperiment(_config(f"meta.inner_lr={lr}"))
+        try:
+            kls[lr] = experiment.train_iteration(0)["inner_kl"]
+        finally:
+            experiment.close()
+    # Same seed, same support batch: only the step differs, and KL ~ alpha^2 g^T F g / 2.
+    assert kls[0.01] > 0
+    assert kls[0.02] / kls[0.01] == pytest.approx(4.0, rel=0.1)
+
+
 @pytest.mark.parametrize("optimizer", ["ppo", "adam"])
 def test_other_outer_optimizers_update_the_policy(tmp_path, optimizer):
     before, _ = _train(_config(f"meta.optimizer={optimizer}"), tmp_path / "zero", 0)

@@ -198,14 +198,31 @@ class RLExperiment:
                 break
             supports.append(batch)
             with torch.no_grad():
-                current = {k: v.detach() for k, v in self.maml.adapted(theta, supports).items()}
+                adapted = {k: v.detach() for k, v in self.maml.adapted(theta, supports).items()}
+                if len(supports) == 1:
+                    inner_kl = self._step_kl(current, adapted, batch)
+            current = adapted
         stats = {
             "return_pre": returns[0],
             "return_post": returns[-1],
+            "inner_kl": inner_kl,
             "env_steps": env_steps,
             "sampling_s": sampling_s,
         }
         return outer, stats
+
+    def _step_kl(self, before: Params, after: Params, batch: PolicyBatch) -> float:
+        """Mean ``KL(pi_before || pi_after)`` over the valid steps of ``batch``.
+
+        Logged as ``inner_kl`` for the first inner step: how far one step of size ``alpha``
+        moves the policy on the data it was computed from. Compare it with the outer step's
+        trust region (``meta.max_kl``): on HalfCheetah the paper's ``alpha = 0.1`` moved the
+        policy ten times as far as that already at initialisation (README, Results).
+        """
+        observations = batch.observations
+        old = per_task_distribution(self.policy, before, observations)
+        new = per_task_distribution(self.policy, after, observations)
+        return mean_kl(old, new, batch.masks).item()
 
     # -- Trainable -----------------------------------------------------------------------
     def train_iteration(self, iteration: int) -> dict[str, float]:
