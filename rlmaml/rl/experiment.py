@@ -217,7 +217,7 @@ class RLExperiment:
         Logged as ``inner_kl`` for the first inner step: how far one step of size ``alpha``
         moves the policy on the data it was computed from. Compare it with the outer step's
         trust region (``meta.max_kl``): on HalfCheetah the paper's ``alpha = 0.1`` moved the
-        policy ten times as far as that already at initialisation (README, Results).
+        policy 17 times as far as that already at initialisation (README, Results).
         """
         observations = batch.observations
         old = per_task_distribution(self.policy, before, observations)
